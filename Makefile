@@ -1,0 +1,47 @@
+# Conveyor: every target has a help line; `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_WORKERS ?= 2
+
+.DEFAULT_GOAL := help
+.PHONY: help install lint test unit integration chaos bench demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install Conveyor with its development tools
+
+lint: $(STAMP) ## ruff and mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check workers tasks api_shim tests
+	$(BIN)/mypy workers tasks api_shim
+
+test: $(STAMP) ## the whole suite: unit, integration (real Redis/PostgreSQL/workers), chaos
+	$(BIN)/pytest -n $(PYTEST_WORKERS) tests/unit tests/integration tests/chaos
+
+unit: $(STAMP) ## unit tests only (no services)
+	$(BIN)/pytest tests/unit
+
+integration: $(STAMP) ## integration tests against real Redis, PostgreSQL and worker processes
+	$(BIN)/pytest -n $(PYTEST_WORKERS) tests/integration
+
+chaos: $(STAMP) ## tests that kill and restart workers
+	$(BIN)/pytest tests/chaos
+
+bench: $(STAMP) ## benchmarks against plain Celery (figures in bench/RESULTS.md)
+	@echo "benchmarks arrive with the producer and task-catalog work; see bench/README.md"
+
+demo: $(STAMP) ## run the main job on embedded defaults
+	@echo "conveyor demo is not available yet: it arrives with the one-command dev stack."
+
+clean: ## remove the virtualenv, caches and local state
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache var

@@ -1,0 +1,1 @@
+"""The thin producer: the HTTP API that records and enqueues jobs."""

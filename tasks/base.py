@@ -1,0 +1,240 @@
+"""The base task: ledger transitions, the retry-policy table and job log context, in one place.
+
+Every catalog task runs through :meth:`ConveyorTask.__call__`; implementations never see
+Celery, the ledger or retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from celery import Task
+from celery.exceptions import Ignore
+from pydantic import JsonValue, ValidationError
+from sqlalchemy import Engine
+
+from tasks.catalog import TaskSpec
+from tasks.errors import InvalidArgumentsError, PoisonJobError
+from tasks.retry_policy import POISON_AFTER_LOST_ATTEMPTS, UNEXPECTED, policy_for
+from workers.ledger import repository as ledger
+from workers.ledger.database import session_scope
+from workers.ledger.repository import AttemptStart, ErrorInfo, NewJob, Runner, Verdict
+from workers.runtime import WorkerRuntime, runtime_of
+from workers.settings import Settings
+from workers.structured_logging import log_context
+
+logger = logging.getLogger("conveyor.task")
+
+_MESSAGE_LIMIT = 2000
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What an implementation may know of the job it runs and the process it runs in."""
+
+    job_id: str
+    attempt: int
+    pool: str
+    worker: str
+    pid: int
+    settings: Settings
+    database: Engine
+
+
+Implementation = Callable[[JobContext, Any], JsonValue]
+
+
+def new_error_id() -> str:
+    """A fresh id that ties an error in the ledger or an HTTP answer to its log line."""
+    return uuid.uuid4().hex
+
+
+def describe_error(error: BaseException, error_id: str) -> ErrorInfo:
+    """What the ledger keeps of ``error``."""
+    message = str(error) or type(error).__name__
+    return ErrorInfo(type(error).__name__, message[:_MESSAGE_LIMIT], error_id)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic only in the stubs
+    """Base class of every catalog task."""
+
+    spec: ClassVar[TaskSpec]
+    implementation: ClassVar[Implementation]
+
+    acks_late = True
+    reject_on_worker_lost = True
+    # a hard time limit kills the attempt like a lost worker: redelivered, and poison at 3
+    acks_on_timeout = False
+    typing = False  # arguments are checked by the task's pydantic model instead
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        runtime = runtime_of(self.app)
+        request = self.request
+        job_id = str(request.id)
+        with log_context(job_id=job_id, task_id=job_id, task=self.name):
+            start = self._begin(runtime, job_id, kwargs, int(request.retries or 0))
+            with log_context(request_id=start.request_id, attempt=start.attempt):
+                return self._run_attempt(runtime, job_id, start, args, kwargs)
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Validate the arguments and call the implementation (outside the ledger)."""
+        return self._execute(int(self.request.retries or 0) + 1, args, kwargs)
+
+    def _execute(self, attempt: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if args:
+            raise InvalidArgumentsError("positional arguments are not accepted; use kwargs")
+        try:
+            arguments = self.spec.arguments.model_validate(kwargs)
+        except ValidationError as error:
+            raise InvalidArgumentsError(_explain(error)) from None
+        return type(self).implementation(self._context(attempt), arguments)
+
+    # ---------------------------------------------------------------------------------
+
+    def _begin(
+        self, runtime: WorkerRuntime, job_id: str, kwargs: dict[str, Any], generation: int
+    ) -> AttemptStart:
+        poison_id = new_error_id()
+        poison = ErrorInfo(
+            PoisonJobError.__name__,
+            f"the worker died during {POISON_AFTER_LOST_ATTEMPTS} attempts; not run again",
+            poison_id,
+        )
+        new = NewJob(
+            job_id=job_id,
+            task=self.name,
+            queue=self.spec.queue,
+            args=dict(kwargs),
+            max_attempts=self.spec.max_attempts,
+            request_id=None,
+        )
+        with session_scope(runtime.sessions) as session:
+            start = ledger.begin_attempt(
+                session,
+                new,
+                generation=generation,
+                runner=self._runner(runtime),
+                poison_after=POISON_AFTER_LOST_ATTEMPTS,
+                poison_error=poison,
+                now=_now(),
+            )
+        if start.verdict is Verdict.DROP:
+            logger.info("message dropped: %s", start.reason, extra={"reason": start.reason})
+            raise Ignore
+        if start.verdict is Verdict.POISON:
+            logger.error(
+                "job failed as poison after %d lost attempts",
+                POISON_AFTER_LOST_ATTEMPTS,
+                extra={"error_id": poison_id},
+            )
+            raise PoisonJobError(poison.message)
+        self._warn_on_pool_mismatch(runtime)
+        return start
+
+    def _run_attempt(
+        self,
+        runtime: WorkerRuntime,
+        job_id: str,
+        start: AttemptStart,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        try:
+            result = self._execute(start.attempt, args, kwargs)
+        except Exception as error:  # noqa: BLE001 - every failure is judged by the policy table
+            return self._handle_failure(runtime, job_id, start, error)
+        with session_scope(runtime.sessions) as session:
+            status = ledger.record_success(
+                session, job_id, start.attempt, result=result, now=_now()
+            )
+        logger.info("attempt succeeded", extra={"status": status.value})
+        return result
+
+    def _handle_failure(
+        self, runtime: WorkerRuntime, job_id: str, start: AttemptStart, error: Exception
+    ) -> Any:
+        policy = policy_for(error, self.spec.retry_overrides)
+        error_id = new_error_id()
+        info = describe_error(error, error_id)
+        unexpected = policy is UNEXPECTED
+        log_extra = {"error_id": error_id, "error_type": info.type, "policy": policy.name}
+        if policy.allows_another(start.attempt_in_round):
+            delay = policy.delay(
+                start.attempt_in_round, error, runtime.settings.retry_scale, runtime.rng
+            )
+            with session_scope(runtime.sessions) as session:
+                generation = ledger.record_retry(
+                    session, job_id, start.attempt, error=info, delay=delay, now=_now()
+                )
+            if generation is None:
+                logger.info("attempt failed but the job was cancelled; not retried")
+                raise Ignore from error
+            logger.warning(
+                "attempt failed (%s: %s); retry in %.2f s",
+                info.type,
+                info.message,
+                delay,
+                exc_info=unexpected,
+                extra={**log_extra, "retry_in_seconds": round(delay, 3)},
+            )
+            raise self.retry(exc=error, countdown=delay, max_retries=None)
+        with session_scope(runtime.sessions) as session:
+            ledger.record_failure(session, job_id, start.attempt, error=info, now=_now())
+        logger.error(
+            "job failed (%s: %s) after %d attempts",
+            info.type,
+            info.message,
+            start.attempt_in_round,
+            exc_info=unexpected,
+            extra=log_extra,
+        )
+        raise error
+
+    def _runner(self, runtime: WorkerRuntime) -> Runner:
+        return Runner(
+            worker=str(self.request.hostname or runtime.hostname),
+            pool=runtime.pool,
+            pid=os.getpid(),
+        )
+
+    def _context(self, attempt: int) -> JobContext:
+        runtime = runtime_of(self.app)
+        runner = self._runner(runtime)
+        return JobContext(
+            job_id=str(self.request.id),
+            attempt=attempt,
+            pool=runner.pool,
+            worker=runner.worker,
+            pid=runner.pid,
+            settings=runtime.settings,
+            database=runtime.engine,
+        )
+
+    def _warn_on_pool_mismatch(self, runtime: WorkerRuntime) -> None:
+        expected = {"io": "gevent", "cpu": "prefork"}[self.spec.kind]
+        if runtime.pool in ("gevent", "prefork") and runtime.pool != expected:
+            logger.warning(
+                "%s task running in a %s pool; its kind wants %s",
+                self.spec.kind,
+                runtime.pool,
+                expected,
+                extra={"pool": runtime.pool, "kind": self.spec.kind},
+            )
+
+
+def _explain(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors()[:5]:
+        location = ".".join(str(part) for part in item["loc"]) or "args"
+        parts.append(f"{location}: {item['msg']}")
+    return "invalid arguments: " + "; ".join(parts)

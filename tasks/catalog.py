@@ -1,0 +1,127 @@
+"""The task catalog: names, kinds, argument models and limits of every task.
+
+Light on purpose: the API imports it to validate and route jobs without loading any
+task implementation. ``tasks/io/`` and ``tasks/cpu/`` hold the implementations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tasks.arguments import (
+    EchoArguments,
+    FailArguments,
+    SpinArguments,
+    SqlSleepArguments,
+    TaskArguments,
+)
+from tasks.retry_policy import RetryPolicy, max_attempts
+
+Kind = Literal["io", "cpu"]
+KINDS: tuple[Kind, ...] = ("io", "cpu")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One catalog entry. ``kind`` decides the queue, and so the pool, the task runs in."""
+
+    name: str
+    kind: Kind
+    description: str
+    arguments: type[TaskArguments]
+    module: str
+    soft_time_limit: int = 300
+    time_limit: int = 360
+    retry_overrides: Mapping[type[BaseException], RetryPolicy] = field(default_factory=dict)
+
+    @property
+    def queue(self) -> str:
+        """The queue is the kind: ``io`` is consumed by gevent workers, ``cpu`` by prefork."""
+        return self.kind
+
+    @property
+    def max_attempts(self) -> int:
+        """The most attempts any of the task's retry policies grants."""
+        return max_attempts(self.retry_overrides)
+
+    def args_schema(self) -> dict[str, Any]:
+        """The JSON Schema of the task's arguments."""
+        return self.arguments.model_json_schema()
+
+
+DIAGNOSTICS: tuple[TaskSpec, ...] = (
+    TaskSpec(
+        name="diagnostics.echo",
+        kind="io",
+        description="Return the value, after an optional cooperative sleep; reports its pool.",
+        arguments=EchoArguments,
+        module="tasks.io.diagnostics",
+        soft_time_limit=90,
+        time_limit=120,
+    ),
+    TaskSpec(
+        name="diagnostics.fail",
+        kind="io",
+        description="Raise the named error on the first `times` attempts, then succeed.",
+        arguments=FailArguments,
+        module="tasks.io.diagnostics",
+        soft_time_limit=30,
+        time_limit=60,
+    ),
+    TaskSpec(
+        name="diagnostics.sql_sleep",
+        kind="io",
+        description="Hold a ledger database connection in pg_sleep (PostgreSQL only).",
+        arguments=SqlSleepArguments,
+        module="tasks.io.diagnostics",
+        soft_time_limit=30,
+        time_limit=60,
+    ),
+    TaskSpec(
+        name="diagnostics.spin",
+        kind="cpu",
+        description="Keep one core busy for the given milliseconds; reports its pool.",
+        arguments=SpinArguments,
+        module="tasks.cpu.diagnostics",
+        soft_time_limit=90,
+        time_limit=120,
+    ),
+)
+
+
+#: Every task Conveyor can declare, whether or not a deployment offers it.
+ALL_SPECS: Mapping[str, TaskSpec] = {spec.name: spec for spec in DIAGNOSTICS}
+
+
+class Catalog(Mapping[str, TaskSpec]):
+    """The tasks this deployment offers, by name."""
+
+    def __init__(self, specs: tuple[TaskSpec, ...]) -> None:
+        self._specs = {spec.name: spec for spec in specs}
+
+    def __getitem__(self, name: str) -> TaskSpec:
+        return self._specs[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def modules(self) -> list[str]:
+        """The implementation modules a worker must import, in a stable order."""
+        return sorted({spec.module for spec in self._specs.values()})
+
+    def longest_time_limit(self) -> int:
+        """The largest hard time limit of any task (0 for an empty catalog)."""
+        return max((spec.time_limit for spec in self._specs.values()), default=0)
+
+
+def build_catalog(*, diagnostics: bool) -> Catalog:
+    """The catalog for a deployment; ``diagnostics.*`` only when enabled."""
+    specs: tuple[TaskSpec, ...] = ()
+    if diagnostics:
+        specs += DIAGNOSTICS
+    return Catalog(specs)

@@ -1,0 +1,1 @@
+"""Implementations of CPU-bound tasks, run by prefork workers on the ``cpu`` queue."""

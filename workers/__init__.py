@@ -1,0 +1,1 @@
+"""Conveyor's worker runtime: settings, the Celery app factory, the job ledger and worker boot."""

@@ -1,0 +1,140 @@
+"""The Celery application factory: configuration, queues, routing and worker signals."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import signals
+from celery.concurrency import get_implementation
+from kombu import Exchange, Queue
+
+from tasks.catalog import KINDS, Catalog, build_catalog
+from workers.runtime import ConveyorCelery, WorkerRuntime, pool_name_of
+from workers.settings import Settings, SettingsError
+from workers.structured_logging import configure_logging
+
+logger = logging.getLogger(__name__)
+
+# connections kept beyond one per concurrent task: the consumer, events, heartbeats
+_CONNECTION_HEADROOM = 20
+RESULT_EXPIRES_SECONDS = 24 * 3600
+
+
+class KindRouter:
+    """Routes a task to the queue of its declared kind, so producers never name a queue."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self._catalog = catalog
+
+    def __call__(
+        self, name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **_: Any
+    ) -> dict[str, str] | None:
+        spec = self._catalog.get(name)
+        return {"queue": spec.queue} if spec else None
+
+
+def check_visibility_timeout(settings: Settings, catalog: Catalog) -> None:
+    """Refuse a visibility timeout that would redeliver a task still within its time limit."""
+    longest = catalog.longest_time_limit()
+    if settings.visibility_timeout <= longest:
+        raise SettingsError(
+            f"CONVEYOR_VISIBILITY_TIMEOUT: {settings.visibility_timeout} s is not above the "
+            f"longest task hard time limit ({longest:g} s); Redis would redeliver running jobs"
+        )
+
+
+def connection_cap(settings: Settings) -> int:
+    """Redis connections one process may open: one per concurrent task plus headroom.
+
+    redis-py caps a default pool at 100 connections and raises beyond it, which stalls a
+    gevent worker with a larger pool; the cap follows the configured concurrency instead.
+    """
+    return max(settings.io_concurrency, settings.cpu_concurrency) + _CONNECTION_HEADROOM
+
+
+def create_app(settings: Settings, catalog: Catalog | None = None) -> ConveyorCelery:
+    """Build the Celery app for ``settings``; the worker runtime rides on ``app.runtime``."""
+    catalog = (
+        catalog if catalog is not None else build_catalog(diagnostics=bool(settings.diagnostics))
+    )
+    check_visibility_timeout(settings, catalog)
+    app = ConveyorCelery("conveyor", set_as_current=False)
+    cap = connection_cap(settings)
+    app.conf.update(
+        broker_url=settings.redis_url,
+        result_backend=settings.redis_url,
+        # JSON only: pickle would let anyone who can write to Redis run code in a worker
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        event_serializer="json",
+        task_queues=[
+            Queue(kind, Exchange(kind, type="direct"), routing_key=kind) for kind in KINDS
+        ],
+        task_default_exchange="io",
+        task_default_routing_key="io",
+        task_default_queue="io",
+        task_routes=(KindRouter(catalog),),
+        # a message is acknowledged after its task ran; a dead worker's job is redelivered
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_track_started=True,
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        result_expires=RESULT_EXPIRES_SECONDS,
+        result_extended=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            "max_connections": cap,
+            "socket_connect_timeout": 5,
+            "health_check_interval": 25,
+        },
+        redis_max_connections=cap,
+        redis_socket_connect_timeout=5,
+        redis_socket_timeout=30,
+        redis_retry_on_timeout=True,
+        redis_backend_health_check_interval=25,
+        worker_prefetch_multiplier=1,
+        worker_max_tasks_per_child=1000,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        include=catalog.modules(),
+    )
+    app.runtime = WorkerRuntime(settings, catalog)
+    _connect_worker_signals(app)
+    return app
+
+
+def _connect_worker_signals(app: ConveyorCelery) -> None:
+    runtime = app.runtime
+
+    def on_setup_logging(**_: Any) -> None:
+        # connecting here stops Celery from installing its own (plain text) handlers
+        configure_logging(runtime.settings.log_level, runtime.settings.secret_values())
+
+    def on_worker_init(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is not app:
+            return
+        pool = pool_name_of(get_implementation(sender.pool_cls))
+        runtime.adopt_worker(pool, int(sender.concurrency or 1))
+        logger.info(
+            "worker starting",
+            extra={"pool": pool, "concurrency": runtime.concurrency, "queues": list(KINDS)},
+        )
+
+    def on_process_init(**_: Any) -> None:
+        runtime.reset_after_fork()
+
+    def on_process_shutdown(**_: Any) -> None:
+        runtime.close()
+
+    signals.setup_logging.connect(on_setup_logging, weak=False)
+    signals.worker_init.connect(on_worker_init, weak=False)
+    signals.worker_process_init.connect(on_process_init, weak=False)
+    signals.worker_process_shutdown.connect(on_process_shutdown, weak=False)
+    signals.worker_shutdown.connect(on_process_shutdown, weak=False)

@@ -1,0 +1,104 @@
+"""The ``conveyor`` command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Literal
+
+import typer
+
+from workers.health import check_database, check_redis
+from workers.schema import upgrade
+from workers.settings import Settings, SettingsError, get_settings
+
+cli = typer.Typer(
+    name="conveyor",
+    help="Conveyor: reliable background jobs on Celery, Redis and a job ledger.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+WorkerKind = Literal["io", "cpu"]
+POOL_OF_KIND: dict[str, str] = {"io": "gevent", "cpu": "prefork"}
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except SettingsError as error:
+        typer.echo(f"conveyor: {error}", err=True)
+        raise typer.Exit(2) from None
+
+
+def worker_command(kind: str, settings: Settings, extra: list[str]) -> list[str]:
+    """The ``celery worker`` command line for a worker of ``kind``."""
+    concurrency = settings.io_concurrency if kind == "io" else settings.cpu_concurrency
+    command = [
+        sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+        "--pool", POOL_OF_KIND[kind],
+        "--concurrency", str(concurrency),
+        "--queues", kind,
+        "--loglevel", settings.log_level,
+        "--prefetch-multiplier", "1",
+        "--without-mingle",
+    ]  # fmt: skip
+    if not any(arg in ("-n", "--hostname") or arg.startswith("--hostname=") for arg in extra):
+        command += ["--hostname", f"{kind}@%h"]
+    return command + extra
+
+
+@cli.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def worker(
+    ctx: typer.Context,
+    kind: Annotated[str, typer.Argument(help="io (gevent pool) or cpu (prefork pool)")],
+) -> None:
+    """Run a Celery worker for the io or cpu queue, with the pool that kind needs.
+
+    Further options go to `celery worker` as they are (e.g. `-n name@%h`, `-c 50`).
+    """
+    if kind not in POOL_OF_KIND:
+        typer.echo("conveyor: worker kind must be io or cpu", err=True)
+        raise typer.Exit(2)
+    command = worker_command(kind, _settings(), list(ctx.args))
+    # exec: Celery's own entry point monkey-patches gevent before anything else is imported,
+    # and signals (SIGTERM for a warm shutdown) reach the worker directly
+    os.execv(sys.executable, command)  # noqa: S606 - fixed argv, no shell
+
+
+@cli.command()
+def migrate(
+    revision: Annotated[str, typer.Option(help="target revision")] = "head",
+) -> None:
+    """Upgrade the ledger database to the newest schema (Alembic)."""
+    settings = _settings()
+    upgrade(settings.database_url, revision)
+    typer.echo(f"ledger at {revision}")
+
+
+@cli.command()
+def check() -> None:
+    """Validate the settings and reach Redis and the database; exit 1 with the reason."""
+    settings = _settings()
+    failures = [
+        problem
+        for problem in (check_redis(settings.redis_url), check_database(settings.database_url))
+        if problem
+    ]
+    for problem in failures:
+        typer.echo(f"conveyor check: {problem}", err=True)
+    if failures:
+        raise typer.Exit(1)
+    typer.echo("settings valid; Redis and the database answer")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()
+
+
+if __name__ == "__main__":
+    main()

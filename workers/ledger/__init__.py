@@ -1,0 +1,1 @@
+"""The job ledger: the durable record of every job and every attempt."""

@@ -1,0 +1,119 @@
+"""Per-process worker resources: settings, catalog, the pool in use and the ledger engine.
+
+The engine is created lazily in the process that uses it, so a prefork child never
+inherits its parent's pooled connections.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+from pathlib import Path
+
+from celery import Celery
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from tasks.catalog import Catalog
+from workers.ledger.database import create_ledger_engine, create_session_factory
+from workers.settings import Settings
+
+# connections a prefork child needs: one task at a time, plus one the task may hold itself
+_PREFORK_POOL = 2
+
+
+def pool_name_of(pool_cls: object) -> str:
+    """``gevent``, ``prefork``, ``solo``, ``threads`` … for a Celery pool class."""
+    module = getattr(pool_cls, "__module__", "") or ""
+    name = module.rsplit(".", 1)[-1]
+    return {"thread": "threads"}.get(name, name or "unknown")
+
+
+class WorkerRuntime:
+    """Resources one worker process hands to the tasks it runs."""
+
+    def __init__(self, settings: Settings, catalog: Catalog) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.pool = "unknown"
+        self.concurrency = 1
+        self.rng = random.Random()  # noqa: S311 - jitter, not secrets
+        self._engine: Engine | None = None
+        self._sessions: sessionmaker[Session] | None = None
+        self._pid: int | None = None
+
+    def adopt_worker(self, pool: str, concurrency: int) -> None:
+        """Record the pool and concurrency of the worker this process belongs to."""
+        self.pool = pool
+        self.concurrency = max(1, concurrency)
+
+    def database_pool_size(self) -> int:
+        """Connections this process may hold: one per greenlet, up to the configured cap."""
+        if self.pool == "prefork":
+            return _PREFORK_POOL
+        return max(_PREFORK_POOL, min(self.concurrency, self.settings.database_pool_size))
+
+    @property
+    def engine(self) -> Engine:
+        """The ledger engine of this process, created on first use."""
+        if self._engine is None or self._pid != os.getpid():
+            self._create_engine()
+        assert self._engine is not None  # noqa: S101 - set by _create_engine
+        return self._engine
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        """The session factory of this process."""
+        if self._sessions is None or self._pid != os.getpid():
+            self._create_engine()
+        assert self._sessions is not None  # noqa: S101 - set by _create_engine
+        return self._sessions
+
+    def _create_engine(self) -> None:
+        if self._engine is not None and self._pid != os.getpid():
+            # inherited through fork: drop the parent's connections without closing them
+            self._engine.dispose(close=False)
+        url = self.settings.database_url
+        if url.startswith("sqlite"):
+            database = make_url(url).database
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+        self._engine = create_ledger_engine(url, pool_size=self.database_pool_size())
+        self._sessions = create_session_factory(self._engine)
+        self._pid = os.getpid()
+
+    def reset_after_fork(self) -> None:
+        """Forget the parent's engine; the child creates its own on first use."""
+        if self._engine is not None:
+            self._engine.dispose(close=False)
+        self._engine = None
+        self._sessions = None
+        self._pid = None
+
+    def close(self) -> None:
+        """Close this process's database connections."""
+        if self._engine is not None and self._pid == os.getpid():
+            self._engine.dispose()
+        self._engine = None
+        self._sessions = None
+
+    @property
+    def hostname(self) -> str:
+        """This machine's name, for node names."""
+        return socket.gethostname()
+
+
+class ConveyorCelery(Celery):
+    """The Celery application, carrying the worker runtime its tasks use."""
+
+    runtime: WorkerRuntime
+
+
+def runtime_of(app: Celery) -> WorkerRuntime:
+    """The runtime attached to ``app`` by :func:`workers.celery_app.create_app`."""
+    runtime = getattr(app, "runtime", None)
+    if not isinstance(runtime, WorkerRuntime):
+        raise TypeError("this Celery app was not built by workers.celery_app.create_app")
+    return runtime
