@@ -73,6 +73,8 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
 
     acks_late = True
     reject_on_worker_lost = True
+    # the retry-policy table is the only limit; Celery's own would stop at 3 retries
+    max_retries = None
     # a hard time limit kills the attempt like a lost worker: redelivered, and poison at 3
     acks_on_timeout = False
     typing = False  # arguments are checked by the task's pydantic model instead
@@ -187,7 +189,7 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
                 exc_info=unexpected,
                 extra={**log_extra, "retry_in_seconds": round(delay, 3)},
             )
-            raise self.retry(exc=error, countdown=delay, max_retries=None)
+            raise self.retry(exc=error, countdown=delay)
         with session_scope(runtime.sessions) as session:
             ledger.record_failure(session, job_id, start.attempt, error=info, now=_now())
         logger.error(

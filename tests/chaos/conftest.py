@@ -1,0 +1,79 @@
+"""Chaos fixtures: workers of the test's own that it may kill, on a Redis db of their own."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
+from tests.conftest import create_database, drop_database, missing_service, xdist_index
+from tests.integration.conftest import plain_client
+from tests.support.ledger_reads import LedgerReader
+from tests.support.workers import worker_environment
+from workers import schema
+from workers.ledger.database import create_ledger_engine, create_session_factory
+
+REDIS_BASE = "redis://127.0.0.1:6379"
+
+
+@pytest.fixture(scope="session")
+def chaos_database(worker_id: str) -> Iterator[str]:
+    name = f"conveyor_chaos_{xdist_index(worker_id)}"
+    url = create_database(name)
+    schema.upgrade(url)
+    yield url
+    drop_database(name)
+
+
+@pytest.fixture
+def chaos_redis(worker_id: str) -> Iterator[str]:
+    url = f"{REDIS_BASE}/{5 + xdist_index(worker_id)}"
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.flushdb()
+    except redis.RedisError as error:
+        missing_service(f"Redis at {url} is not usable: {error}")
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def chaos_env(chaos_redis: str, chaos_database: str) -> dict[str, str]:
+    return worker_environment(
+        env="test",
+        redis_url=chaos_redis,
+        database_url=chaos_database,
+        retry_scale="0.02",
+        io_concurrency="4",
+        cpu_concurrency="1",
+        visibility_timeout="300",
+    )
+
+
+@pytest.fixture
+def chaos_client(chaos_redis: str) -> Iterator[Celery]:
+    client = plain_client(chaos_redis)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def chaos_sessions(chaos_database: str) -> Iterator[sessionmaker[Session]]:
+    engine = create_ledger_engine(chaos_database, pool_size=2)
+    yield create_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def chaos_ledger(chaos_sessions: sessionmaker[Session]) -> LedgerReader:
+    return LedgerReader(chaos_sessions)
+
+
+@pytest.fixture
+def logs(tmp_path: Path) -> Path:
+    return tmp_path

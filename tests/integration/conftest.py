@@ -1,0 +1,90 @@
+"""Integration fixtures: one real gevent worker and one real prefork worker per test process.
+
+They consume this process's own Redis db and write to its own PostgreSQL ledger; tests
+talk to them the way a plain Celery client would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from celery import Celery
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from tests.support.ledger_reads import LedgerReader
+from tests.support.workers import WorkerProcess, running_worker, worker_environment
+from workers.ledger.database import create_ledger_engine, create_session_factory
+
+RETRY_SCALE = 0.02
+IO_CONCURRENCY = 500  # above redis-py's default pool cap of 100 connections
+
+
+def plain_client(redis_url: str) -> Celery:
+    """A Celery client that knows nothing of Conveyor's code, as another service would be."""
+    client = Celery("plain-client", broker=redis_url, backend=redis_url, set_as_current=False)
+    client.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+    return client
+
+
+@dataclass(frozen=True)
+class Stack:
+    """The running workers and what the tests need to reach them."""
+
+    client: Celery
+    io: WorkerProcess
+    cpu: WorkerProcess
+    ledger: LedgerReader
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def worker_settings(redis_url: str, postgres_url: str) -> dict[str, str]:
+    """The CONVEYOR_* settings every worker of this test process runs with."""
+    return {
+        "env": "test",
+        "redis_url": redis_url,
+        "database_url": postgres_url,
+        "retry_scale": str(RETRY_SCALE),
+        "io_concurrency": str(IO_CONCURRENCY),
+        "cpu_concurrency": "2",
+        "database_pool_size": "30",
+        "visibility_timeout": "300",
+        "log_level": "INFO",
+    }
+
+
+@pytest.fixture(scope="session")
+def ledger_engine(postgres_url: str) -> Iterator[Engine]:
+    """An engine on this process's PostgreSQL ledger, for reading what workers wrote."""
+    engine = create_ledger_engine(postgres_url, pool_size=5)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def ledger_sessions(ledger_engine: Engine) -> sessionmaker[Session]:
+    """Sessions on the test ledger."""
+    return create_session_factory(ledger_engine)
+
+
+@pytest.fixture(scope="session")
+def stack(
+    redis_url: str,
+    worker_settings: dict[str, str],
+    ledger_sessions: sessionmaker[Session],
+    tmp_path_factory: pytest.TempPathFactory,
+    worker_id: str,
+) -> Iterator[Stack]:
+    """An io worker (gevent) and a cpu worker (prefork), ready, stopped at the end."""
+    logs = tmp_path_factory.mktemp("worker-logs")
+    env = worker_environment(**worker_settings)
+    client = plain_client(redis_url)
+    with (
+        running_worker(client, "io", f"io-{worker_id}@test", logs / "io.log", env) as io,
+        running_worker(client, "cpu", f"cpu-{worker_id}@test", logs / "cpu.log", env) as cpu,
+    ):
+        yield Stack(client, io, cpu, LedgerReader(ledger_sessions), env)
+    client.close()
