@@ -59,7 +59,9 @@ def _admin_connection() -> psycopg.Connection[tuple[object, ...]]:
 def create_database(name: str) -> str:
     """Drop and create database ``name``; its SQLAlchemy URL."""
     with _admin_connection() as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return f"{POSTGRES_BASE.replace('postgresql://', 'postgresql+psycopg://')}/{name}"
 
@@ -67,7 +69,9 @@ def create_database(name: str) -> str:
 def drop_database(name: str) -> None:
     """Drop database ``name`` and any connection still open to it."""
     with _admin_connection() as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 @pytest.fixture(scope="session")

@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CONVEYOR_",
         env_file=".env",
+        env_ignore_empty=True,  # VAR= in .env means "use the default"
         extra="ignore",
         frozen=True,
         validate_default=True,

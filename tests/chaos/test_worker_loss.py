@@ -35,7 +35,9 @@ def test_a_killed_prefork_child_job_is_redelivered_and_finishes_once(
     chaos_client: Celery, chaos_env: dict[str, str], chaos_ledger: LedgerReader, logs: Path
 ) -> None:
     with running_worker(chaos_client, "cpu", "cpu-chaos@test", logs / "cpu.log", chaos_env) as cpu:
-        result = chaos_client.send_task("diagnostics.spin", kwargs={"milliseconds": 3000}, queue="cpu")
+        result = chaos_client.send_task(
+            "diagnostics.spin", kwargs={"milliseconds": 3000}, queue="cpu"
+        )
         _kill_attempt(chaos_ledger, result.id, 1, cpu.process.pid)
 
         job = chaos_ledger.wait_finished(result.id, timeout=60)
@@ -52,7 +54,9 @@ def test_a_job_that_kills_its_worker_three_times_fails_as_poison(
     chaos_client: Celery, chaos_env: dict[str, str], chaos_ledger: LedgerReader, logs: Path
 ) -> None:
     with running_worker(chaos_client, "cpu", "cpu-poison@test", logs / "cpu.log", chaos_env) as cpu:
-        result = chaos_client.send_task("diagnostics.spin", kwargs={"milliseconds": 30000}, queue="cpu")
+        result = chaos_client.send_task(
+            "diagnostics.spin", kwargs={"milliseconds": 30000}, queue="cpu"
+        )
         for number in (1, 2, 3):
             _kill_attempt(chaos_ledger, result.id, number, cpu.process.pid)
 
@@ -75,14 +79,16 @@ def test_warm_shutdown_finishes_running_jobs_and_loses_none(
     first = start_worker("io", "io-first@test", logs / "first.log", chaos_env)
     wait_until_ready(chaos_client, first)
     results = [
-        chaos_client.send_task("diagnostics.echo", kwargs={"value": n, "sleep_seconds": 1.5}, queue="io")
+        chaos_client.send_task(
+            "diagnostics.echo", kwargs={"value": n, "sleep_seconds": 1.5}, queue="io"
+        )
         for n in range(12)
     ]
     wait_for(
-        lambda: sum(
-            1 for r in results if (job := chaos_ledger.job(r.id)) and job.status == "running"
-        )
-        == 4,
+        lambda: (
+            sum(1 for r in results if (job := chaos_ledger.job(r.id)) and job.status == "running")
+            == 4
+        ),
         timeout=30,
         what="four jobs running",
     )

@@ -101,7 +101,9 @@ def test_transient_error_fails_after_eight_attempts(stack: Stack) -> None:
 
 def test_rate_limited_waits_at_least_the_server_hint_and_shows_retry(stack: Stack) -> None:
     retry_after = 40.0  # × RETRY_SCALE = 0.8 s
-    result = send(stack, "diagnostics.fail", "io", error="rate_limited", times=2, retry_after=retry_after)
+    result = send(
+        stack, "diagnostics.fail", "io", error="rate_limited", times=2, retry_after=retry_after
+    )
 
     wait_for(lambda: result.state == "RETRY", timeout=20, what="Celery state RETRY")
     assert outcome(result) == {"attempts": 3}
@@ -194,7 +196,9 @@ def test_psycopg_does_not_block_the_gevent_hub(stack: Stack) -> None:
 def test_a_gevent_worker_above_the_default_redis_pool_cap_drains(stack: Stack) -> None:
     jobs, nap = 500, 1.0
     started = time.monotonic()
-    results = [send(stack, "diagnostics.echo", "io", value=n, sleep_seconds=nap) for n in range(jobs)]
+    results = [
+        send(stack, "diagnostics.echo", "io", value=n, sleep_seconds=nap) for n in range(jobs)
+    ]
 
     values = sorted(outcome(result, timeout=90)["value"] for result in results)
     elapsed = time.monotonic() - started

@@ -11,6 +11,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -154,7 +155,7 @@ class Attempt(Base):
     outcome: Mapped[str] = mapped_column(String(16), default=AttemptOutcome.RUNNING.value)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    retry_delay_seconds: Mapped[float | None] = mapped_column()
+    retry_delay_seconds: Mapped[float | None] = mapped_column(Float())
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
 
     job: Mapped[Job] = relationship(back_populates="history")
