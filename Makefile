@@ -37,8 +37,8 @@ integration: $(STAMP) ## integration tests against real Redis, PostgreSQL and wo
 chaos: $(STAMP) ## tests that kill and restart workers
 	$(BIN)/pytest tests/chaos
 
-bench: $(STAMP) ## benchmarks against plain Celery (figures in bench/RESULTS.md)
-	@echo "benchmarks arrive with the producer and task-catalog work; see bench/README.md"
+bench: $(STAMP) ## benchmarks against plain Celery in the same run (figures in bench/RESULTS.md)
+	$(BIN)/python bench/worker_drain.py --jobs 1000 --sleep 0.5 --concurrency 500
 
 demo: $(STAMP) ## run the main job on embedded defaults
 	@echo "conveyor demo is not available yet: it arrives with the one-command dev stack."

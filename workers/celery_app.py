@@ -80,11 +80,16 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> ConveyorCe
         # a message is acknowledged after its task ran; a dead worker's job is redelivered
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        task_track_started=True,
-        task_send_sent_event=True,
-        worker_send_task_events=True,
+        # STARTED is the ledger's "running"; storing it too would double the result writes
+        task_track_started=False,
+        # Flower switches task events on by broadcast while it runs; idle, they cost a
+        # fanout publish per task state
+        task_send_sent_event=False,
+        worker_send_task_events=False,
         result_expires=RESULT_EXPIRES_SECONDS,
-        result_extended=True,
+        # one result backend (and one Redis pool) per process: Celery's default keeps one
+        # per thread, and under gevent that means a new backend and connection per task
+        result_backend_thread_safe=True,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         worker_cancel_long_running_tasks_on_connection_loss=True,

@@ -7,11 +7,12 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Row, Update, bindparam, func, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from workers.ledger.models import Attempt, AttemptOutcome, Job, JobStatus
+from workers.ledger.models import Attempt, AttemptOutcome, Base, Job, JobStatus, UTCDateTime
 
 
 @dataclass(frozen=True)
@@ -69,54 +70,109 @@ class NewJob:
 
 WORKER_LOST = "WorkerLostError"
 
+# The hot path (one attempt = two short transactions) runs statements built once, on the
+# Core tables: building ORM statements per call cost milliseconds of CPU per job, and a
+# gevent worker runs every job's bookkeeping on one core.
+JOBS = Base.metadata.tables["jobs"]
+ATTEMPTS = Base.metadata.tables["job_attempts"]
 
-def _locked_job(session: Session, job_id: str) -> Job | None:
-    return session.get(Job, job_id, with_for_update=True, populate_existing=True)
-
-
-def _adopt(session: Session, new: NewJob, now: datetime) -> Job:
-    job = Job(
-        id=new.job_id,
-        client_id=None,
-        task=new.task,
-        queue=new.queue,
-        status=JobStatus.QUEUED.value,
-        args=new.args,
-        priority="normal",
-        attempts=0,
-        max_attempts=new.max_attempts,
-        retry_generation=0,
-        attempt_base=0,
-        request_id=new.request_id,
-        created_at=now,
-        updated_at=now,
+_LOCK_STATE = (
+    select(
+        JOBS.c.status,
+        JOBS.c.task,
+        JOBS.c.attempts,
+        JOBS.c.attempt_base,
+        JOBS.c.retry_generation,
+        JOBS.c.request_id,
     )
-    try:
-        with session.begin_nested():
-            session.add(job)
-    except IntegrityError:
-        # another delivery of the same message created it first
-        existing = _locked_job(session, new.job_id)
-        if existing is None:
-            raise
-        return existing
-    return job
-
-
-def _open_attempts(session: Session, job_id: str) -> list[Attempt]:
-    query = select(Attempt).where(
-        Attempt.job_id == job_id, Attempt.outcome == AttemptOutcome.RUNNING.value
+    .where(JOBS.c.id == bindparam("b_job_id"))
+    .with_for_update()
+)
+_START = (
+    JOBS.update()
+    .where(JOBS.c.id == bindparam("b_job_id"))
+    .values(
+        status=JobStatus.RUNNING.value,
+        attempts=bindparam("b_attempt"),
+        started_at=func.coalesce(JOBS.c.started_at, bindparam("b_now", type_=UTCDateTime())),
+        next_retry_at=None,
+        updated_at=bindparam("b_now", type_=UTCDateTime()),
     )
-    return list(session.scalars(query))
-
-
-def _count_lost(session: Session, job: Job) -> int:
-    query = select(func.count()).where(
-        Attempt.job_id == job.id,
-        Attempt.outcome == AttemptOutcome.LOST.value,
-        Attempt.number > job.attempt_base,
+)
+_POISON = JOBS.update().where(JOBS.c.id == bindparam("b_job_id"))
+_CLOSE_LOST = ATTEMPTS.update().where(
+    ATTEMPTS.c.job_id == bindparam("b_job_id"),
+    ATTEMPTS.c.outcome == AttemptOutcome.RUNNING.value,
+)
+_COUNT_LOST = select(func.count()).where(
+    ATTEMPTS.c.job_id == bindparam("b_job_id"),
+    ATTEMPTS.c.outcome == AttemptOutcome.LOST.value,
+    ATTEMPTS.c.number > bindparam("b_base"),
+)
+_FINISH_JOB = (
+    JOBS.update()
+    .where(
+        JOBS.c.id == bindparam("b_job_id"),
+        JOBS.c.status == JobStatus.RUNNING.value,
+        JOBS.c.attempts == bindparam("b_attempt"),
     )
-    return int(session.scalar(query) or 0)
+    .returning(JOBS.c.retry_generation, JOBS.c.status)
+)
+_SCHEDULE_RETRY = _FINISH_JOB.values(retry_generation=JOBS.c.retry_generation + 1)
+_CLOSE_ATTEMPT = ATTEMPTS.update().where(
+    ATTEMPTS.c.job_id == bindparam("b_job_id"), ATTEMPTS.c.number == bindparam("b_attempt")
+)
+_STATUS = select(JOBS.c.status).where(JOBS.c.id == bindparam("b_job_id"))
+_LOST_ERROR = {
+    "type": WORKER_LOST,
+    "message": "the worker process died or was killed during this attempt",
+    "error_id": None,
+}
+
+
+def _lock_state(connection: Connection, job_id: str) -> Row[Any, Any, Any, Any, Any, Any] | None:
+    return connection.execute(_LOCK_STATE, {"b_job_id": job_id}).one_or_none()
+
+
+def _adopt(connection: Connection, new: NewJob, now: datetime) -> None:
+    # a concurrent delivery of the same message may insert it first: then nothing happens
+    insert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    statement = insert(JOBS).on_conflict_do_nothing(index_elements=["id"])
+    connection.execute(
+        statement,
+        {
+            "id": new.job_id,
+            "client_id": None,
+            "task": new.task,
+            "queue": new.queue,
+            "status": JobStatus.QUEUED.value,
+            "args": new.args,
+            "priority": "normal",
+            "attempts": 0,
+            "max_attempts": new.max_attempts,
+            "retry_generation": 0,
+            "attempt_base": 0,
+            "request_id": new.request_id,
+            "created_at": now,
+            "updated_at": now,
+        },
+    )
+
+
+def _close_lost_attempts(
+    connection: Connection, job_id: str, attempt_base: int, now: datetime
+) -> int:
+    """Mark attempts still open as lost; how many attempts of this round were lost."""
+    connection.execute(
+        _CLOSE_LOST,
+        {
+            "b_job_id": job_id,
+            "outcome": AttemptOutcome.LOST.value,
+            "finished_at": now,
+            "error": _LOST_ERROR,
+        },
+    )
+    return int(connection.scalar(_COUNT_LOST, {"b_job_id": job_id, "b_base": attempt_base}) or 0)
 
 
 def begin_attempt(
@@ -132,90 +188,110 @@ def begin_attempt(
     """Record the start of an attempt, or say why the message must not run.
 
     ``generation`` is the number of retries the message carries: a message older than the
-    job's latest scheduled retry is a stale duplicate. An attempt still marked running
-    belongs to a worker that died; it is closed as lost, and the job is failed as poison
-    once ``poison_after`` attempts were lost.
+    job's latest scheduled retry is a stale duplicate. A job still marked running lost its
+    worker during the previous attempt; that attempt is closed as lost, and the job is
+    failed as poison once ``poison_after`` attempts of this round were lost.
     """
-    job = _locked_job(session, new.job_id) or _adopt(session, new, now)
-    if job.task != new.task:
-        return AttemptStart(Verdict.DROP, job.attempts, job.request_id, "task name mismatch")
-    if JobStatus(job.status).finished:
-        return AttemptStart(Verdict.DROP, job.attempts, job.request_id, f"job is {job.status}")
-    if generation < job.retry_generation:
-        return AttemptStart(Verdict.DROP, job.attempts, job.request_id, "stale delivery")
-    for attempt in _open_attempts(session, job.id):
-        attempt.outcome = AttemptOutcome.LOST.value
-        attempt.finished_at = now
-        attempt.error = {
-            "type": WORKER_LOST,
-            "message": "the worker process died or was killed during this attempt",
-            "error_id": None,
-        }
-    session.flush()
-    if _count_lost(session, job) >= poison_after:
-        job.status = JobStatus.FAILED.value
-        job.finished_at = now
-        job.next_retry_at = None
-        job.error = poison_error.as_json()
-        return AttemptStart(Verdict.POISON, job.attempts, job.request_id, "poison")
-    job.attempts += 1
-    job.status = JobStatus.RUNNING.value
-    job.started_at = job.started_at or now
-    job.next_retry_at = None
-    session.add(
-        Attempt(
-            job_id=job.id,
-            number=job.attempts,
-            worker=runner.worker,
-            pool=runner.pool,
-            pid=runner.pid,
-            outcome=AttemptOutcome.RUNNING.value,
-            started_at=now,
+    connection = session.connection()
+    state = _lock_state(connection, new.job_id)
+    if state is None:
+        _adopt(connection, new, now)
+        state = _lock_state(connection, new.job_id)
+        if state is None:
+            raise LookupError(f"job {new.job_id} vanished while being adopted")
+    if state.task != new.task:
+        return AttemptStart(Verdict.DROP, state.attempts, state.request_id, "task name mismatch")
+    if JobStatus(state.status).finished:
+        return AttemptStart(
+            Verdict.DROP, state.attempts, state.request_id, f"job is {state.status}"
         )
+    if generation < state.retry_generation:
+        return AttemptStart(Verdict.DROP, state.attempts, state.request_id, "stale delivery")
+    if state.status == JobStatus.RUNNING.value:
+        lost = _close_lost_attempts(connection, new.job_id, state.attempt_base, now)
+        if lost >= poison_after:
+            connection.execute(
+                _POISON,
+                {
+                    "b_job_id": new.job_id,
+                    "status": JobStatus.FAILED.value,
+                    "finished_at": now,
+                    "next_retry_at": None,
+                    "error": poison_error.as_json(),
+                    "updated_at": now,
+                },
+            )
+            return AttemptStart(Verdict.POISON, state.attempts, state.request_id, "poison")
+    attempt = state.attempts + 1
+    connection.execute(_START, {"b_job_id": new.job_id, "b_attempt": attempt, "b_now": now})
+    connection.execute(
+        ATTEMPTS.insert(),
+        {
+            "job_id": new.job_id,
+            "number": attempt,
+            "worker": runner.worker,
+            "pool": runner.pool,
+            "pid": runner.pid,
+            "outcome": AttemptOutcome.RUNNING.value,
+            "started_at": now,
+        },
     )
     return AttemptStart(
-        Verdict.RUN, job.attempts, job.request_id, attempt_in_round=job.attempts - job.attempt_base
+        Verdict.RUN, attempt, state.request_id, attempt_in_round=attempt - state.attempt_base
     )
 
 
-def _close_attempt(
+def _finish(
     session: Session,
+    statement: Update,
     job_id: str,
-    number: int,
+    attempt: int,
     outcome: AttemptOutcome,
     *,
+    job_values: dict[str, Any],
+    attempt_values: dict[str, Any],
     now: datetime,
-    error: ErrorInfo | None = None,
-    delay: float | None = None,
-) -> None:
-    attempt = session.scalars(
-        select(Attempt).where(Attempt.job_id == job_id, Attempt.number == number)
-    ).one()
-    attempt.outcome = outcome.value
-    attempt.finished_at = now
-    attempt.error = error.as_json() if error else None
-    attempt.retry_delay_seconds = delay
+) -> Row[Any] | None:
+    """Move a running job on, if ``attempt`` is still its current one; close the attempt.
+
+    Returns the job's new retry generation and status, or ``None`` when the job was no longer
+    running that attempt (it was cancelled meanwhile): the attempt is then closed as cancelled.
+    """
+    connection = session.connection()
+    key = {"b_job_id": job_id, "b_attempt": attempt}
+    moved = connection.execute(statement, {**key, **job_values, "updated_at": now}).one_or_none()
+    closed = outcome if moved else AttemptOutcome.CANCELLED
+    connection.execute(
+        _CLOSE_ATTEMPT, {**key, **attempt_values, "outcome": closed.value, "finished_at": now}
+    )
+    return moved
 
 
-def _still_running(job: Job | None, attempt: int) -> bool:
-    return job is not None and job.status == JobStatus.RUNNING.value and job.attempts == attempt
+def _status_of(session: Session, job_id: str) -> JobStatus:
+    status = session.connection().scalar(_STATUS, {"b_job_id": job_id})
+    return JobStatus(status) if status else JobStatus.CANCELLED
 
 
 def record_success(
     session: Session, job_id: str, attempt: int, *, result: Any, now: datetime
 ) -> JobStatus:
     """Close a successful attempt; the job succeeds unless it was cancelled meanwhile."""
-    job = _locked_job(session, job_id)
-    if not _still_running(job, attempt):
-        _close_attempt(session, job_id, attempt, AttemptOutcome.CANCELLED, now=now)
-        return JobStatus(job.status) if job else JobStatus.CANCELLED
-    assert job is not None  # noqa: S101 - narrowed by _still_running
-    _close_attempt(session, job_id, attempt, AttemptOutcome.SUCCEEDED, now=now)
-    job.status = JobStatus.SUCCEEDED.value
-    job.result = result
-    job.error = None
-    job.finished_at = now
-    return JobStatus.SUCCEEDED
+    moved = _finish(
+        session,
+        _FINISH_JOB,
+        job_id,
+        attempt,
+        AttemptOutcome.SUCCEEDED,
+        job_values={
+            "status": JobStatus.SUCCEEDED.value,
+            "result": result,
+            "error": None,
+            "finished_at": now,
+        },
+        attempt_values={"error": None},
+        now=now,
+    )
+    return JobStatus.SUCCEEDED if moved else _status_of(session, job_id)
 
 
 def record_retry(
@@ -225,36 +301,54 @@ def record_retry(
 
     ``None`` means the job was cancelled while the attempt ran, so nothing is scheduled.
     """
-    job = _locked_job(session, job_id)
-    if not _still_running(job, attempt):
-        _close_attempt(session, job_id, attempt, AttemptOutcome.CANCELLED, now=now, error=error)
-        return None
-    assert job is not None  # noqa: S101 - narrowed by _still_running
-    _close_attempt(
-        session, job_id, attempt, AttemptOutcome.RETRYING, now=now, error=error, delay=delay
+    moved = _finish(
+        session,
+        _SCHEDULE_RETRY,
+        job_id,
+        attempt,
+        AttemptOutcome.RETRYING,
+        job_values={
+            "status": JobStatus.RETRYING.value,
+            "error": error.as_json(),
+            "next_retry_at": now + timedelta(seconds=delay),
+        },
+        attempt_values={"error": error.as_json(), "retry_delay_seconds": delay},
+        now=now,
     )
-    job.status = JobStatus.RETRYING.value
-    job.error = error.as_json()
-    job.next_retry_at = now + timedelta(seconds=delay)
-    job.retry_generation += 1
-    return job.retry_generation
+    return int(moved.retry_generation) if moved else None
 
 
 def record_failure(
     session: Session, job_id: str, attempt: int, *, error: ErrorInfo, now: datetime
 ) -> JobStatus:
     """Close a failed attempt and move the job to ``failed`` (the dead-letter state)."""
-    job = _locked_job(session, job_id)
-    if not _still_running(job, attempt):
-        _close_attempt(session, job_id, attempt, AttemptOutcome.CANCELLED, now=now, error=error)
-        return JobStatus(job.status) if job else JobStatus.CANCELLED
-    assert job is not None  # noqa: S101 - narrowed by _still_running
-    _close_attempt(session, job_id, attempt, AttemptOutcome.FAILED, now=now, error=error)
-    job.status = JobStatus.FAILED.value
-    job.error = error.as_json()
-    job.finished_at = now
-    job.next_retry_at = None
-    return JobStatus.FAILED
+    moved = _finish(
+        session,
+        _FINISH_JOB,
+        job_id,
+        attempt,
+        AttemptOutcome.FAILED,
+        job_values={
+            "status": JobStatus.FAILED.value,
+            "error": error.as_json(),
+            "finished_at": now,
+            "next_retry_at": None,
+        },
+        attempt_values={"error": error.as_json()},
+        now=now,
+    )
+    return JobStatus.FAILED if moved else _status_of(session, job_id)
+
+
+def _locked_job(session: Session, job_id: str) -> Job | None:
+    return session.get(Job, job_id, with_for_update=True, populate_existing=True)
+
+
+def _open_attempts(session: Session, job_id: str) -> list[Attempt]:
+    query = select(Attempt).where(
+        Attempt.job_id == job_id, Attempt.outcome == AttemptOutcome.RUNNING.value
+    )
+    return list(session.scalars(query))
 
 
 def get_job(session: Session, job_id: str) -> Job | None:
