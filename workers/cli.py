@@ -11,6 +11,7 @@ import typer
 from workers.health import check_database, check_redis
 from workers.schema import upgrade
 from workers.settings import Settings, SettingsError, get_settings
+from workers.structured_logging import configure_logging
 
 cli = typer.Typer(
     name="conveyor",
@@ -25,11 +26,14 @@ POOL_OF_KIND: dict[str, str] = {"io": "gevent", "cpu": "prefork"}
 
 
 def _settings() -> Settings:
+    """The settings, with JSON logging set up from them; exit 2 with one line if invalid."""
     try:
-        return get_settings()
+        settings = get_settings()
     except SettingsError as error:
         typer.echo(f"conveyor: {error}", err=True)
         raise typer.Exit(2) from None
+    configure_logging(settings.log_level, settings.secret_values())
+    return settings
 
 
 def worker_command(kind: str, settings: Settings, extra: list[str]) -> list[str]:

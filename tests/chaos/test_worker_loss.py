@@ -103,3 +103,39 @@ def test_warm_shutdown_finishes_running_jobs_and_loses_none(
     assert all(job.outcomes == ["succeeded"] for job in jobs), [j.outcomes for j in jobs]
     workers = {job.history[0].worker for job in jobs}
     assert workers == {"io-first@test", "io-second@test"}
+
+
+def test_an_io_job_past_its_hard_time_limit_is_redelivered_then_failed_as_poison(
+    chaos_client: Celery, chaos_env: dict[str, str], chaos_ledger: LedgerReader, logs: Path
+) -> None:
+    # gevent pools enforce only the hard limit: the greenlet is killed like a lost worker
+    with running_worker(chaos_client, "io", "io-limit@test", logs / "w.log", chaos_env):
+        result = chaos_client.send_task(
+            "diagnostics.echo", kwargs={"value": 1, "sleep_seconds": 20}, queue="io", time_limit=1
+        )
+
+        job = chaos_ledger.wait_finished(result.id, timeout=60)
+
+    assert job.status == "failed"
+    assert job.outcomes == ["lost", "lost", "lost"]
+    assert job.error is not None
+    assert job.error["type"] == "PoisonJobError"
+
+
+def test_a_cpu_job_past_its_soft_time_limit_follows_the_transient_policy(
+    chaos_client: Celery, chaos_env: dict[str, str], chaos_ledger: LedgerReader, logs: Path
+) -> None:
+    with running_worker(chaos_client, "cpu", "cpu-limit@test", logs / "w.log", chaos_env):
+        result = chaos_client.send_task(
+            "diagnostics.spin",
+            kwargs={"milliseconds": 20000},
+            queue="cpu",
+            soft_time_limit=0.5,
+            time_limit=10,
+        )
+
+        job = chaos_ledger.wait_finished(result.id, timeout=90)
+
+    assert job.status == "failed"
+    assert job.outcomes == ["retrying"] * 7 + ["failed"]
+    assert {a.error["type"] for a in job.history if a.error} == {"SoftTimeLimitExceeded"}

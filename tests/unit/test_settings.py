@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -216,3 +217,37 @@ def test_env_example_documents_every_setting_and_loads_as_is(tmp_path: Path) -> 
     assert names == {f"CONVEYOR_{field.upper()}" for field in Settings.model_fields}
     assert settings.env == "dev"
     assert settings.cpu_concurrency >= 1
+
+
+def test_check_names_the_service_that_does_not_answer(tmp_path: Path) -> None:
+    conveyor = str(Path(sys.executable).with_name("conveyor"))
+
+    finished = subprocess.run(
+        [conveyor, "check"],
+        env={"CONVEYOR_REDIS_URL": "redis://127.0.0.1:1/0", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+
+    assert finished.returncode == 1
+    assert "conveyor check: Redis at redis://127.0.0.1:1/0 does not answer" in finished.stderr
+
+
+def test_cli_commands_log_one_json_object_per_line(tmp_path: Path) -> None:
+    conveyor = str(Path(sys.executable).with_name("conveyor"))
+
+    finished = subprocess.run(
+        [conveyor, "migrate"],
+        env={"CONVEYOR_DATABASE_URL": f"sqlite:///{tmp_path}/l.db", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+    )
+
+    lines = [json.loads(line) for line in finished.stderr.splitlines()]
+    assert lines, "migrate logs what it runs"
+    assert all({"timestamp", "level", "logger", "message", "job_id"} <= set(e) for e in lines)
+    assert finished.stdout.strip() == "ledger at head"
