@@ -19,6 +19,8 @@ app.conf.update(
     # MaxConnectionsError; plain Celery gets the same sizing Conveyor applies
     broker_transport_options={"max_connections": int(os.environ.get("BENCH_POOL", "520"))},
     redis_max_connections=int(os.environ.get("BENCH_POOL", "520")),
+    # --tuned-plain: share one result backend per process, as Conveyor does
+    result_backend_thread_safe=os.environ.get("BENCH_TUNED") == "1",
 )
 
 

@@ -8,22 +8,27 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
 from pydantic import JsonValue, ValidationError
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.orm import Session
 
 from tasks.catalog import TaskSpec
 from tasks.errors import InvalidArgumentsError, PoisonJobError
-from tasks.retry_policy import POISON_AFTER_LOST_ATTEMPTS, UNEXPECTED, policy_for
+from tasks.retry_policy import DEPENDENCY, POISON_AFTER_LOST_ATTEMPTS, UNEXPECTED, policy_for
 from workers.ledger import repository as ledger
 from workers.ledger.database import session_scope
+from workers.ledger.models import JobStatus
 from workers.ledger.repository import AttemptStart, ErrorInfo, NewJob, Runner, Verdict
 from workers.runtime import WorkerRuntime, runtime_of
 from workers.settings import Settings
@@ -32,6 +37,12 @@ from workers.structured_logging import log_context
 logger = logging.getLogger("conveyor.task")
 
 _MESSAGE_LIMIT = 2000
+
+#: Errors that mean "the ledger cannot be reached or is contended", not "this job is bad".
+LEDGER_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError, IntegrityError)
+# pauses between tries of an outcome write before the message is requeued
+_LEDGER_WRITE_PAUSES = (0.2, 1.0, 3.0)
+Outcome = TypeVar("Outcome")
 
 
 @dataclass(frozen=True)
@@ -84,7 +95,10 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
         request = self.request
         job_id = str(request.id)
         with log_context(job_id=job_id, task_id=job_id, task=self.name):
-            start = self._begin(runtime, job_id, kwargs, int(request.retries or 0))
+            try:
+                start = self._begin(runtime, job_id, kwargs, int(request.retries or 0))
+            except LEDGER_UNAVAILABLE as error:
+                raise self._defer_while_ledger_is_down(runtime, error) from error
             with log_context(request_id=start.request_id, attempt=start.attempt):
                 return self._run_attempt(runtime, job_id, start, args, kwargs)
 
@@ -155,10 +169,11 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
             result = self._execute(start.attempt, args, kwargs)
         except Exception as error:  # noqa: BLE001 - every failure is judged by the policy table
             return self._handle_failure(runtime, job_id, start, error)
-        with session_scope(runtime.sessions) as session:
-            status = ledger.record_success(
-                session, job_id, start.attempt, result=result, now=_now()
-            )
+
+        def record(session: Session) -> JobStatus:
+            return ledger.record_success(session, job_id, start.attempt, result=result, now=_now())
+
+        status = self._write_outcome(runtime, record)
         logger.info("attempt succeeded", extra={"status": status.value})
         return result
 
@@ -171,13 +186,19 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
         unexpected = policy is UNEXPECTED
         log_extra = {"error_id": error_id, "error_type": info.type, "policy": policy.name}
         if policy.allows_another(start.attempt_in_round):
-            delay = policy.delay(
-                start.attempt_in_round, error, runtime.settings.retry_scale, runtime.rng
+            delay = self._bounded_delay(
+                runtime,
+                policy.delay(
+                    start.attempt_in_round, error, runtime.settings.retry_scale, runtime.rng
+                ),
             )
-            with session_scope(runtime.sessions) as session:
-                generation = ledger.record_retry(
+
+            def record_retry(session: Session) -> int | None:
+                return ledger.record_retry(
                     session, job_id, start.attempt, error=info, delay=delay, now=_now()
                 )
+
+            generation = self._write_outcome(runtime, record_retry)
             if generation is None:
                 logger.info("attempt failed but the job was cancelled; not retried")
                 raise Ignore from error
@@ -190,8 +211,11 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
                 extra={**log_extra, "retry_in_seconds": round(delay, 3)},
             )
             raise self.retry(exc=error, countdown=delay)
-        with session_scope(runtime.sessions) as session:
-            ledger.record_failure(session, job_id, start.attempt, error=info, now=_now())
+
+        def record_failure(session: Session) -> JobStatus:
+            return ledger.record_failure(session, job_id, start.attempt, error=info, now=_now())
+
+        self._write_outcome(runtime, record_failure)
         logger.error(
             "job failed (%s: %s) after %d attempts",
             info.type,
@@ -201,6 +225,65 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
             extra=log_extra,
         )
         raise error
+
+    def _defer_while_ledger_is_down(self, runtime: WorkerRuntime, error: Exception) -> Exception:
+        """Put the message back for later: without a ledger row the job must not run."""
+        error_id = new_error_id()
+        delay = self._bounded_delay(
+            runtime, DEPENDENCY.delay(1, error, runtime.settings.retry_scale, runtime.rng)
+        )
+        logger.error(
+            "ledger unavailable (%s); message deferred %.2f s",
+            type(error).__name__,
+            delay,
+            extra={"error_id": error_id, "retry_in_seconds": round(delay, 3)},
+        )
+        # a new message after ``delay``; the ledger is untouched, so its generation check lets
+        # the later copy run
+        return self.retry(exc=error, countdown=delay, throw=False)
+
+    def _write_outcome(
+        self, runtime: WorkerRuntime, write: Callable[[Session], Outcome]
+    ) -> Outcome:
+        """Record how an attempt ended, riding out a short ledger outage.
+
+        If the ledger stays down, the message is requeued: the attempt is still open in the
+        ledger, so the next delivery records it as lost and runs the job again (at least once,
+        never lost).
+        """
+        for pause in _LEDGER_WRITE_PAUSES:
+            try:
+                with session_scope(runtime.sessions) as session:
+                    return write(session)
+            except LEDGER_UNAVAILABLE as error:
+                logger.warning(
+                    "ledger write failed (%s); trying again in %.1f s", type(error).__name__, pause
+                )
+                time.sleep(pause)
+        try:
+            with session_scope(runtime.sessions) as session:
+                return write(session)
+        except LEDGER_UNAVAILABLE as error:
+            logger.exception(
+                "ledger unavailable; message requeued, the job will run again",
+                extra={"error_id": new_error_id()},
+            )
+            raise Reject(error, requeue=True) from error
+
+    def _bounded_delay(self, runtime: WorkerRuntime, delay: float) -> float:
+        """``delay``, kept under half the visibility timeout.
+
+        A countdown message waits unacknowledged in the worker; past the visibility timeout
+        Redis would hand a second copy to another worker and the job would run twice.
+        """
+        ceiling = runtime.settings.visibility_timeout / 2
+        if delay > ceiling:
+            logger.warning(
+                "retry delay %.0f s clamped to %.0f s (half the visibility timeout)",
+                delay,
+                ceiling,
+            )
+        return min(delay, ceiling)
 
     def _runner(self, runtime: WorkerRuntime) -> Runner:
         return Runner(

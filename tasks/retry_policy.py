@@ -94,5 +94,5 @@ def policy_for(
 
 def max_attempts(overrides: Mapping[type[BaseException], RetryPolicy] | None = None) -> int:
     """The most attempts any policy grants a task: the job's ``max_attempts``."""
-    policies = [*RETRY_POLICIES.values(), *(overrides or {}).values()]
-    return max(p.max_attempts for p in policies)
+    effective = {**RETRY_POLICIES, **(overrides or {})}
+    return max(p.max_attempts for p in effective.values())

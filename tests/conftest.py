@@ -48,7 +48,7 @@ def redis_url(worker_id: str) -> Iterator[str]:
     client.close()
 
 
-def _admin_connection() -> psycopg.Connection[tuple[object, ...]]:
+def admin_connection() -> psycopg.Connection[tuple[object, ...]]:
     try:
         return psycopg.connect(f"{POSTGRES_BASE}/postgres", autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as error:
@@ -58,7 +58,7 @@ def _admin_connection() -> psycopg.Connection[tuple[object, ...]]:
 
 def create_database(name: str) -> str:
     """Drop and create database ``name``; its SQLAlchemy URL."""
-    with _admin_connection() as admin:
+    with admin_connection() as admin:
         admin.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
@@ -68,7 +68,7 @@ def create_database(name: str) -> str:
 
 def drop_database(name: str) -> None:
     """Drop database ``name`` and any connection still open to it."""
-    with _admin_connection() as admin:
+    with admin_connection() as admin:
         admin.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )

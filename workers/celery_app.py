@@ -129,7 +129,7 @@ def _connect_worker_signals(app: ConveyorCelery) -> None:
         runtime.adopt_worker(pool, int(sender.concurrency or 1))
         logger.info(
             "worker starting",
-            extra={"pool": pool, "concurrency": runtime.concurrency, "queues": list(KINDS)},
+            extra={"pool": pool, "concurrency": runtime.concurrency},
         )
 
     def on_process_init(**_: Any) -> None:

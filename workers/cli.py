@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 
 import typer
 
+from tasks.catalog import build_catalog
+from workers.celery_app import check_visibility_timeout
 from workers.health import check_database, check_redis
 from workers.schema import upgrade
 from workers.settings import Settings, SettingsError, get_settings
@@ -87,6 +89,11 @@ def migrate(
 def check() -> None:
     """Validate the settings and reach Redis and the database; exit 1 with the reason."""
     settings = _settings()
+    try:
+        check_visibility_timeout(settings, build_catalog(diagnostics=bool(settings.diagnostics)))
+    except SettingsError as error:
+        typer.echo(f"conveyor check: {error}", err=True)
+        raise typer.Exit(1) from None
     failures = [
         problem
         for problem in (check_redis(settings.redis_url), check_database(settings.database_url))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import redis
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
@@ -26,6 +29,10 @@ def check_redis(url: str, timeout: float = 3.0) -> str | None:
 
 def check_database(url: str, timeout: float = 3.0) -> str | None:
     """``None`` when the database at ``url`` answers ``SELECT 1``, else the reason."""
+    if url.startswith("sqlite"):
+        path = make_url(url).database
+        if path and path != ":memory:" and not Path(path).exists():
+            return f"the SQLite ledger {path} does not exist yet; run `conveyor migrate`"
     connect_args = {} if url.startswith("sqlite") else {"connect_timeout": max(1, int(timeout))}
     engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
     try:

@@ -105,9 +105,12 @@ def test_replay_gives_a_poisoned_job_a_fresh_round(sessions: sessionmaker[Sessio
 
     with session_scope(sessions) as session:
         replayed = ledger.replay_job(session, job.job_id, now=now())
-        assert replayed is not None and replayed.status == "queued"
-    start = begin(sessions, job)
+        assert replayed is not None
+        assert (replayed.status, replayed.retry_generation) == ("queued", 1)
+    leftover = begin(sessions, job, generation=0)
+    start = begin(sessions, job, generation=1)
 
+    assert leftover.verdict is Verdict.DROP
     assert (start.verdict, start.attempt, start.attempt_in_round) == (Verdict.RUN, 4, 1)
 
 

@@ -111,6 +111,13 @@ def test_a_task_override_beats_the_table_for_its_class_only() -> None:
     assert max_attempts(overrides) == 50
 
 
+def test_overrides_can_lower_the_most_attempts_a_task_gets() -> None:
+    quick = RetryPolicy("quick", 2, Backoff.EXPONENTIAL, base_delay=1, max_delay=1)
+    overrides = {RateLimitedError: quick, DependencyUnavailableError: quick}
+
+    assert max_attempts(overrides) == TRANSIENT.max_attempts == 8
+
+
 def test_the_most_specific_class_wins_across_table_and_overrides() -> None:
     broad = {Exception: PERMANENT}
 

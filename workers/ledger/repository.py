@@ -370,7 +370,8 @@ def cancel_job(session: Session, job_id: str, *, now: datetime) -> Job | None:
 def replay_job(session: Session, job_id: str, *, now: datetime) -> Job | None:
     """Put a ``failed`` or ``cancelled`` job back to ``queued`` for a fresh round of attempts.
 
-    The retry generation restarts at 0, the generation a freshly published message carries.
+    The retry generation moves on by one, so messages left from the earlier round are
+    dropped as stale: the caller publishes the replay with ``retries=job.retry_generation``.
     """
     job = _locked_job(session, job_id)
     if job is None or job.status not in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
@@ -379,7 +380,7 @@ def replay_job(session: Session, job_id: str, *, now: datetime) -> Job | None:
         attempt.outcome = AttemptOutcome.LOST.value
         attempt.finished_at = now
     job.status = JobStatus.QUEUED.value
-    job.retry_generation = 0
+    job.retry_generation += 1
     job.attempt_base = job.attempts
     job.finished_at = None
     job.next_retry_at = None
