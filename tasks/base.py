@@ -18,16 +18,14 @@ from typing import Any, ClassVar, TypeVar
 from celery import Task
 from celery.exceptions import Ignore, Reject
 from pydantic import JsonValue, ValidationError
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.orm import Session
 
 from tasks.catalog import TaskSpec
 from tasks.errors import InvalidArgumentsError, PoisonJobError
 from tasks.retry_policy import DEPENDENCY, POISON_AFTER_LOST_ATTEMPTS, UNEXPECTED, policy_for
 from workers.ledger import repository as ledger
-from workers.ledger.database import session_scope
 from workers.ledger.models import JobStatus
 from workers.ledger.repository import AttemptStart, ErrorInfo, NewJob, Runner, Verdict
 from workers.runtime import WorkerRuntime, runtime_of
@@ -134,9 +132,9 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
             max_attempts=self.spec.max_attempts,
             request_id=None,
         )
-        with session_scope(runtime.sessions) as session:
+        with runtime.engine.begin() as connection:
             start = ledger.begin_attempt(
-                session,
+                connection,
                 new,
                 generation=generation,
                 runner=self._runner(runtime),
@@ -170,8 +168,10 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
         except Exception as error:  # noqa: BLE001 - every failure is judged by the policy table
             return self._handle_failure(runtime, job_id, start, error)
 
-        def record(session: Session) -> JobStatus:
-            return ledger.record_success(session, job_id, start.attempt, result=result, now=_now())
+        def record(connection: Connection) -> JobStatus:
+            return ledger.record_success(
+                connection, job_id, start.attempt, result=result, now=_now()
+            )
 
         status = self._write_outcome(runtime, record)
         logger.info("attempt succeeded", extra={"status": status.value})
@@ -193,9 +193,9 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
                 ),
             )
 
-            def record_retry(session: Session) -> int | None:
+            def record_retry(connection: Connection) -> int | None:
                 return ledger.record_retry(
-                    session, job_id, start.attempt, error=info, delay=delay, now=_now()
+                    connection, job_id, start.attempt, error=info, delay=delay, now=_now()
                 )
 
             generation = self._write_outcome(runtime, record_retry)
@@ -212,8 +212,8 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
             )
             raise self.retry(exc=error, countdown=delay)
 
-        def record_failure(session: Session) -> JobStatus:
-            return ledger.record_failure(session, job_id, start.attempt, error=info, now=_now())
+        def record_failure(connection: Connection) -> JobStatus:
+            return ledger.record_failure(connection, job_id, start.attempt, error=info, now=_now())
 
         self._write_outcome(runtime, record_failure)
         logger.error(
@@ -243,7 +243,7 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
         return self.retry(exc=error, countdown=delay, throw=False)
 
     def _write_outcome(
-        self, runtime: WorkerRuntime, write: Callable[[Session], Outcome]
+        self, runtime: WorkerRuntime, write: Callable[[Connection], Outcome]
     ) -> Outcome:
         """Record how an attempt ended, riding out a short ledger outage.
 
@@ -253,16 +253,16 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
         """
         for pause in _LEDGER_WRITE_PAUSES:
             try:
-                with session_scope(runtime.sessions) as session:
-                    return write(session)
+                with runtime.engine.begin() as connection:
+                    return write(connection)
             except LEDGER_UNAVAILABLE as error:
                 logger.warning(
                     "ledger write failed (%s); trying again in %.1f s", type(error).__name__, pause
                 )
                 time.sleep(pause)
         try:
-            with session_scope(runtime.sessions) as session:
-                return write(session)
+            with runtime.engine.begin() as connection:
+                return write(connection)
         except LEDGER_UNAVAILABLE as error:
             logger.exception(
                 "ledger unavailable; message requeued, the job will run again",

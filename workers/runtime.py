@@ -80,7 +80,11 @@ class WorkerRuntime:
             database = make_url(url).database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-        self._engine = create_ledger_engine(url, pool_size=self.database_pool_size())
+        # no pre-ping on the worker's hot path: after a server restart the first failing
+        # statement invalidates the whole pool, and the base task defers that one message
+        self._engine = create_ledger_engine(
+            url, pool_size=self.database_pool_size(), pre_ping=False
+        )
         self._sessions = create_session_factory(self._engine)
         self._pid = os.getpid()
 

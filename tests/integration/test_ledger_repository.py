@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from workers.ledger import repository as ledger
@@ -20,13 +21,16 @@ BOOM = ErrorInfo("TransientError", "boom", "e-1")
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
-def sessions(
-    request: pytest.FixtureRequest, postgres_url: str, sqlite_url: str
-) -> Iterator[sessionmaker[Session]]:
+def engine(request: pytest.FixtureRequest, postgres_url: str, sqlite_url: str) -> Iterator[Engine]:
     url = postgres_url if request.param == "postgresql" else sqlite_url
     engine = create_ledger_engine(url, pool_size=2)
-    yield create_session_factory(engine)
+    yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return create_session_factory(engine)
 
 
 def now() -> datetime:
@@ -40,7 +44,7 @@ def new_job(task: str = "diagnostics.echo") -> NewJob:
 def begin(sessions: sessionmaker[Session], job: NewJob, generation: int = 0) -> ledger.AttemptStart:
     with session_scope(sessions) as session:
         return ledger.begin_attempt(
-            session, job, generation=generation, runner=RUNNER, poison_after=3,
+            session.connection(), job, generation=generation, runner=RUNNER, poison_after=3,
             poison_error=POISON, now=now(),
         )  # fmt: skip
 
@@ -60,7 +64,7 @@ def test_a_first_delivery_adopts_the_job_and_success_finishes_it(
     start = begin(sessions, job)
     with session_scope(sessions) as session:
         final = ledger.record_success(
-            session, job.job_id, start.attempt, result={"ok": 1}, now=now()
+            session.connection(), job.job_id, start.attempt, result={"ok": 1}, now=now()
         )
 
     assert (start.verdict, start.attempt, start.attempt_in_round) == (Verdict.RUN, 1, 1)
@@ -74,7 +78,7 @@ def test_a_delivery_older_than_the_latest_retry_is_dropped(sessions: sessionmake
     start = begin(sessions, job)
     with session_scope(sessions) as session:
         generation = ledger.record_retry(
-            session, job.job_id, start.attempt, error=BOOM, delay=0.5, now=now()
+            session.connection(), job.job_id, start.attempt, error=BOOM, delay=0.5, now=now()
         )
 
     assert generation == 1
@@ -121,10 +125,12 @@ def test_a_job_cancelled_while_running_stays_cancelled(sessions: sessionmaker[Se
     with session_scope(sessions) as session:
         ledger.cancel_job(session, job.job_id, now=now())
     with session_scope(sessions) as session:
-        final = ledger.record_success(session, job.job_id, start.attempt, result=1, now=now())
+        final = ledger.record_success(
+            session.connection(), job.job_id, start.attempt, result=1, now=now()
+        )
     with session_scope(sessions) as session:
         generation = ledger.record_retry(
-            session, job.job_id, start.attempt, error=BOOM, delay=1, now=now()
+            session.connection(), job.job_id, start.attempt, error=BOOM, delay=1, now=now()
         )
 
     assert final is JobStatus.CANCELLED and generation is None

@@ -22,11 +22,14 @@ def _configure_sqlite(dbapi_connection: Any, _record: ConnectionPoolEntry) -> No
     cursor.close()
 
 
-def create_ledger_engine(url: str, *, pool_size: int, connect_timeout: float = 5.0) -> Engine:
+def create_ledger_engine(
+    url: str, *, pool_size: int, connect_timeout: float = 5.0, pre_ping: bool = True
+) -> Engine:
     """An engine for ``url`` whose pool holds at most ``pool_size`` connections.
 
     Callers size ``pool_size`` to their concurrency; greenlets or threads beyond it wait
     for a connection (``pool_timeout``) instead of opening more than the server allows.
+    ``pre_ping`` spends a round trip per checkout to catch connections the server closed.
     """
     if url.startswith("sqlite"):
         engine = create_engine(
@@ -42,7 +45,7 @@ def create_ledger_engine(url: str, *, pool_size: int, connect_timeout: float = 5
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=60,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_recycle=1800,
         connect_args={"connect_timeout": max(1, int(connect_timeout))},
     )

@@ -99,6 +99,24 @@ _START = (
         updated_at=bindparam("b_now", type_=UTCDateTime()),
     )
 )
+# the common start: a queued or retrying job, this task, a current delivery
+_CLAIM = (
+    JOBS.update()
+    .where(
+        JOBS.c.id == bindparam("b_job_id"),
+        JOBS.c.task == bindparam("b_task"),
+        JOBS.c.status.in_([JobStatus.QUEUED.value, JobStatus.RETRYING.value]),
+        JOBS.c.retry_generation <= bindparam("b_generation"),
+    )
+    .values(
+        status=JobStatus.RUNNING.value,
+        attempts=JOBS.c.attempts + 1,
+        started_at=func.coalesce(JOBS.c.started_at, bindparam("b_now", type_=UTCDateTime())),
+        next_retry_at=None,
+        updated_at=bindparam("b_now", type_=UTCDateTime()),
+    )
+    .returning(JOBS.c.attempts, JOBS.c.attempt_base, JOBS.c.request_id)
+)
 _POISON = JOBS.update().where(JOBS.c.id == bindparam("b_job_id"))
 _CLOSE_LOST = ATTEMPTS.update().where(
     ATTEMPTS.c.job_id == bindparam("b_job_id"),
@@ -134,29 +152,34 @@ def _lock_state(connection: Connection, job_id: str) -> Row[Any, Any, Any, Any, 
     return connection.execute(_LOCK_STATE, {"b_job_id": job_id}).one_or_none()
 
 
-def _adopt(connection: Connection, new: NewJob, now: datetime) -> None:
-    # a concurrent delivery of the same message may insert it first: then nothing happens
+def _adopt_running(connection: Connection, new: NewJob, now: datetime) -> bool:
+    """Record a job met for the first time as running its first attempt.
+
+    ``False`` when the row already exists (a concurrent delivery inserted it first).
+    """
     insert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
-    statement = insert(JOBS).on_conflict_do_nothing(index_elements=["id"])
-    connection.execute(
+    statement = insert(JOBS).on_conflict_do_nothing(index_elements=["id"]).returning(JOBS.c.id)
+    inserted = connection.execute(
         statement,
         {
             "id": new.job_id,
             "client_id": None,
             "task": new.task,
             "queue": new.queue,
-            "status": JobStatus.QUEUED.value,
+            "status": JobStatus.RUNNING.value,
             "args": new.args,
             "priority": "normal",
-            "attempts": 0,
+            "attempts": 1,
             "max_attempts": new.max_attempts,
             "retry_generation": 0,
             "attempt_base": 0,
             "request_id": new.request_id,
             "created_at": now,
             "updated_at": now,
+            "started_at": now,
         },
-    )
+    ).one_or_none()
+    return inserted is not None
 
 
 def _close_lost_attempts(
@@ -176,7 +199,7 @@ def _close_lost_attempts(
 
 
 def begin_attempt(
-    session: Session,
+    connection: Connection,
     new: NewJob,
     *,
     generation: int,
@@ -192,13 +215,46 @@ def begin_attempt(
     worker during the previous attempt; that attempt is closed as lost, and the job is
     failed as poison once ``poison_after`` attempts of this round were lost.
     """
-    connection = session.connection()
+    claimed = connection.execute(
+        _CLAIM,
+        {"b_job_id": new.job_id, "b_task": new.task, "b_generation": generation, "b_now": now},
+    ).one_or_none()
+    if claimed is not None:
+        _insert_attempt(connection, new.job_id, claimed.attempts, runner, now)
+        return AttemptStart(
+            Verdict.RUN,
+            claimed.attempts,
+            claimed.request_id,
+            attempt_in_round=claimed.attempts - claimed.attempt_base,
+        )
+    if _adopt_running(connection, new, now):
+        _insert_attempt(connection, new.job_id, 1, runner, now)
+        return AttemptStart(Verdict.RUN, 1, new.request_id, attempt_in_round=1)
+    return _begin_unclaimable(
+        connection,
+        new,
+        generation=generation,
+        runner=runner,
+        poison_after=poison_after,
+        poison_error=poison_error,
+        now=now,
+    )
+
+
+def _begin_unclaimable(
+    connection: Connection,
+    new: NewJob,
+    *,
+    generation: int,
+    runner: Runner,
+    poison_after: int,
+    poison_error: ErrorInfo,
+    now: datetime,
+) -> AttemptStart:
+    """The rare start: the job exists but is finished, stale, another task's, or orphaned."""
     state = _lock_state(connection, new.job_id)
     if state is None:
-        _adopt(connection, new, now)
-        state = _lock_state(connection, new.job_id)
-        if state is None:
-            raise LookupError(f"job {new.job_id} vanished while being adopted")
+        raise LookupError(f"job {new.job_id} vanished while its message was delivered")
     if state.task != new.task:
         return AttemptStart(Verdict.DROP, state.attempts, state.request_id, "task name mismatch")
     if JobStatus(state.status).finished:
@@ -224,11 +280,20 @@ def begin_attempt(
             return AttemptStart(Verdict.POISON, state.attempts, state.request_id, "poison")
     attempt = state.attempts + 1
     connection.execute(_START, {"b_job_id": new.job_id, "b_attempt": attempt, "b_now": now})
+    _insert_attempt(connection, new.job_id, attempt, runner, now)
+    return AttemptStart(
+        Verdict.RUN, attempt, state.request_id, attempt_in_round=attempt - state.attempt_base
+    )
+
+
+def _insert_attempt(
+    connection: Connection, job_id: str, number: int, runner: Runner, now: datetime
+) -> None:
     connection.execute(
         ATTEMPTS.insert(),
         {
-            "job_id": new.job_id,
-            "number": attempt,
+            "job_id": job_id,
+            "number": number,
             "worker": runner.worker,
             "pool": runner.pool,
             "pid": runner.pid,
@@ -236,13 +301,10 @@ def begin_attempt(
             "started_at": now,
         },
     )
-    return AttemptStart(
-        Verdict.RUN, attempt, state.request_id, attempt_in_round=attempt - state.attempt_base
-    )
 
 
 def _finish(
-    session: Session,
+    connection: Connection,
     statement: Update,
     job_id: str,
     attempt: int,
@@ -257,7 +319,6 @@ def _finish(
     Returns the job's new retry generation and status, or ``None`` when the job was no longer
     running that attempt (it was cancelled meanwhile): the attempt is then closed as cancelled.
     """
-    connection = session.connection()
     key = {"b_job_id": job_id, "b_attempt": attempt}
     moved = connection.execute(statement, {**key, **job_values, "updated_at": now}).one_or_none()
     closed = outcome if moved else AttemptOutcome.CANCELLED
@@ -267,17 +328,17 @@ def _finish(
     return moved
 
 
-def _status_of(session: Session, job_id: str) -> JobStatus:
-    status = session.connection().scalar(_STATUS, {"b_job_id": job_id})
+def _status_of(connection: Connection, job_id: str) -> JobStatus:
+    status = connection.scalar(_STATUS, {"b_job_id": job_id})
     return JobStatus(status) if status else JobStatus.CANCELLED
 
 
 def record_success(
-    session: Session, job_id: str, attempt: int, *, result: Any, now: datetime
+    connection: Connection, job_id: str, attempt: int, *, result: Any, now: datetime
 ) -> JobStatus:
     """Close a successful attempt; the job succeeds unless it was cancelled meanwhile."""
     moved = _finish(
-        session,
+        connection,
         _FINISH_JOB,
         job_id,
         attempt,
@@ -291,18 +352,24 @@ def record_success(
         attempt_values={"error": None},
         now=now,
     )
-    return JobStatus.SUCCEEDED if moved else _status_of(session, job_id)
+    return JobStatus.SUCCEEDED if moved else _status_of(connection, job_id)
 
 
 def record_retry(
-    session: Session, job_id: str, attempt: int, *, error: ErrorInfo, delay: float, now: datetime
+    connection: Connection,
+    job_id: str,
+    attempt: int,
+    *,
+    error: ErrorInfo,
+    delay: float,
+    now: datetime,
 ) -> int | None:
     """Schedule another attempt after ``delay`` seconds; the new generation, or ``None``.
 
     ``None`` means the job was cancelled while the attempt ran, so nothing is scheduled.
     """
     moved = _finish(
-        session,
+        connection,
         _SCHEDULE_RETRY,
         job_id,
         attempt,
@@ -319,11 +386,11 @@ def record_retry(
 
 
 def record_failure(
-    session: Session, job_id: str, attempt: int, *, error: ErrorInfo, now: datetime
+    connection: Connection, job_id: str, attempt: int, *, error: ErrorInfo, now: datetime
 ) -> JobStatus:
     """Close a failed attempt and move the job to ``failed`` (the dead-letter state)."""
     moved = _finish(
-        session,
+        connection,
         _FINISH_JOB,
         job_id,
         attempt,
@@ -337,7 +404,7 @@ def record_failure(
         attempt_values={"error": error.as_json()},
         now=now,
     )
-    return JobStatus.FAILED if moved else _status_of(session, job_id)
+    return JobStatus.FAILED if moved else _status_of(connection, job_id)
 
 
 def _locked_job(session: Session, job_id: str) -> Job | None:
