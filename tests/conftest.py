@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -34,18 +35,27 @@ def xdist_index(worker_id: str) -> int:
     return int(worker_id.removeprefix("gw")) + 1 if worker_id.startswith("gw") else 0
 
 
-@pytest.fixture(scope="session")
-def redis_url(worker_id: str) -> Iterator[str]:
-    """A Redis database of this test process's own, empty at the start."""
-    url = f"{REDIS_BASE}/{1 + xdist_index(worker_id)}"
+@contextmanager
+def empty_redis_database(number: int) -> Iterator[str]:
+    """Redis database ``number``, emptied before and after; its URL."""
+    url = f"{REDIS_BASE}/{number}"
     client = redis.Redis.from_url(url, socket_connect_timeout=2)
     try:
         client.flushdb()
     except redis.RedisError as error:
         missing_service(f"Redis at {url} is not usable: {error}")
-    yield url
-    client.flushdb()
-    client.close()
+    try:
+        yield url
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(worker_id: str) -> Iterator[str]:
+    """A Redis database of this test process's own (1, 2, …), empty at the start."""
+    with empty_redis_database(1 + xdist_index(worker_id)) as url:
+        yield url
 
 
 def admin_connection() -> psycopg.Connection[tuple[object, ...]]:

@@ -6,18 +6,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.conftest import create_database, drop_database, missing_service, xdist_index
+from tests.conftest import create_database, drop_database, empty_redis_database, xdist_index
 from tests.integration.conftest import plain_client
 from tests.support.ledger_reads import LedgerReader
 from tests.support.workers import worker_environment
 from workers import schema
 from workers.ledger.database import create_ledger_engine, create_session_factory
-
-REDIS_BASE = "redis://127.0.0.1:6379"
 
 
 @pytest.fixture(scope="session")
@@ -31,15 +28,9 @@ def chaos_database(worker_id: str) -> Iterator[str]:
 
 @pytest.fixture
 def chaos_redis(worker_id: str) -> Iterator[str]:
-    url = f"{REDIS_BASE}/{5 + xdist_index(worker_id)}"
-    client = redis.Redis.from_url(url, socket_connect_timeout=2)
-    try:
-        client.flushdb()
-    except redis.RedisError as error:
-        missing_service(f"Redis at {url} is not usable: {error}")
-    yield url
-    client.flushdb()
-    client.close()
+    """A Redis database apart from the integration workers' (5, 6, …), emptied per test."""
+    with empty_redis_database(5 + xdist_index(worker_id)) as url:
+        yield url
 
 
 @pytest.fixture

@@ -21,6 +21,23 @@ from workers.settings import (
     parse_rate_limit,
 )
 
+CONVEYOR = str(Path(sys.executable).with_name("conveyor"))
+
+
+def run_command(
+    command: list[str], env: dict[str, str], cwd: Path, *, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run a real command with only ``env`` (and a PATH) in its environment."""
+    return subprocess.run(
+        command,
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        check=check,
+    )
+
+
 GOOD_PROD = {
     "env": "prod",
     "database_url": "postgresql://conveyor@db:5432/conveyor",
@@ -170,16 +187,7 @@ def test_start_up_refuses_a_visibility_timeout_within_a_task_time_limit() -> Non
 
 
 def test_the_cli_stops_with_one_line_and_exit_code_2(tmp_path: Path) -> None:
-    conveyor = str(Path(sys.executable).with_name("conveyor"))
-
-    finished = subprocess.run(
-        [conveyor, "check"],
-        env={"CONVEYOR_RATE_LIMIT": "fast", "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        check=False,
-    )
+    finished = run_command([CONVEYOR, "check"], {"CONVEYOR_RATE_LIMIT": "fast"}, tmp_path)
 
     assert finished.returncode == 2
     assert finished.stderr.strip().splitlines() == [
@@ -188,13 +196,8 @@ def test_the_cli_stops_with_one_line_and_exit_code_2(tmp_path: Path) -> None:
 
 
 def test_the_celery_app_module_stops_with_one_line(tmp_path: Path) -> None:
-    finished = subprocess.run(
-        [sys.executable, "-c", "import workers.app"],
-        env={"CONVEYOR_ENV": "prod", "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        check=False,
+    finished = run_command(
+        [sys.executable, "-c", "import workers.app"], {"CONVEYOR_ENV": "prod"}, tmp_path
     )
 
     assert finished.returncode == 1
@@ -220,15 +223,8 @@ def test_env_example_documents_every_setting_and_loads_as_is(tmp_path: Path) -> 
 
 
 def test_check_names_the_service_that_does_not_answer(tmp_path: Path) -> None:
-    conveyor = str(Path(sys.executable).with_name("conveyor"))
-
-    finished = subprocess.run(
-        [conveyor, "check"],
-        env={"CONVEYOR_REDIS_URL": "redis://127.0.0.1:1/0", "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        check=False,
+    finished = run_command(
+        [CONVEYOR, "check"], {"CONVEYOR_REDIS_URL": "redis://127.0.0.1:1/0"}, tmp_path
     )
 
     assert finished.returncode == 1
@@ -236,14 +232,10 @@ def test_check_names_the_service_that_does_not_answer(tmp_path: Path) -> None:
 
 
 def test_cli_commands_log_one_json_object_per_line(tmp_path: Path) -> None:
-    conveyor = str(Path(sys.executable).with_name("conveyor"))
-
-    finished = subprocess.run(
-        [conveyor, "migrate"],
-        env={"CONVEYOR_DATABASE_URL": f"sqlite:///{tmp_path}/l.db", "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
+    finished = run_command(
+        [CONVEYOR, "migrate"],
+        {"CONVEYOR_DATABASE_URL": f"sqlite:///{tmp_path}/l.db"},
+        tmp_path,
         check=True,
     )
 
