@@ -229,8 +229,10 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
     def _defer_while_ledger_is_down(self, runtime: WorkerRuntime, error: Exception) -> Exception:
         """Put the message back for later: without a ledger row the job must not run."""
         error_id = new_error_id()
+        # back off with every deferral of this message, up to the dependency policy's cap
+        deferrals = int(self.request.retries or 0) + 1
         delay = self._bounded_delay(
-            runtime, DEPENDENCY.delay(1, error, runtime.settings.retry_scale, runtime.rng)
+            runtime, DEPENDENCY.delay(deferrals, error, runtime.settings.retry_scale, runtime.rng)
         )
         logger.error(
             "ledger unavailable (%s); message deferred %.2f s",

@@ -34,6 +34,7 @@ class TaskSpec:
     module: str
     soft_time_limit: int = 300
     time_limit: int = 360
+    # rows of the retry-policy table replaced for this task only
     retry_overrides: Mapping[type[BaseException], RetryPolicy] = field(default_factory=dict)
 
     @property

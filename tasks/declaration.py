@@ -6,28 +6,24 @@ and the time limits; the function stays plain Python, callable directly in tests
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from celery import shared_task
 
 from tasks.base import ConveyorTask, JobContext
 from tasks.catalog import ALL_SPECS, TaskSpec
-from tasks.retry_policy import RetryPolicy
 
 Function = TypeVar("Function", bound=Callable[[JobContext, Any], Any])
 
 
-def conveyor_task(
-    name: str, *, retry_overrides: Mapping[type[BaseException], RetryPolicy] | None = None
-) -> Callable[[Function], Function]:
+def conveyor_task(name: str) -> Callable[[Function], Function]:
     """Register ``function`` as the implementation of catalog task ``name``.
 
-    ``retry_overrides`` replaces rows of the retry-policy table for this task only.
+    Everything else about the task (kind, limits, retry overrides) is its catalog entry, so
+    the API, which reads only the catalog, sees the same task the worker runs.
     """
     spec: TaskSpec = ALL_SPECS[name]
-    if retry_overrides:
-        spec = TaskSpec(**{**spec.__dict__, "retry_overrides": dict(retry_overrides)})
 
     def register(function: Function) -> Function:
         # Celery builds a subclass of ConveyorTask whose ``run`` is the function given here

@@ -14,10 +14,9 @@ from pathlib import Path
 from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, sessionmaker
 
 from tasks.catalog import Catalog
-from workers.ledger.database import create_ledger_engine, create_session_factory
+from workers.ledger.database import create_ledger_engine
 from workers.settings import Settings
 
 # connections a prefork child needs: one task at a time, plus one the task may hold itself
@@ -41,7 +40,6 @@ class WorkerRuntime:
         self.concurrency = 1
         self.rng = random.Random()  # noqa: S311 - jitter, not secrets
         self._engine: Engine | None = None
-        self._sessions: sessionmaker[Session] | None = None
         self._pid: int | None = None
 
     def adopt_worker(self, pool: str, concurrency: int) -> None:
@@ -63,14 +61,6 @@ class WorkerRuntime:
         assert self._engine is not None  # noqa: S101 - set by _create_engine
         return self._engine
 
-    @property
-    def sessions(self) -> sessionmaker[Session]:
-        """The session factory of this process."""
-        if self._sessions is None or self._pid != os.getpid():
-            self._create_engine()
-        assert self._sessions is not None  # noqa: S101 - set by _create_engine
-        return self._sessions
-
     def _create_engine(self) -> None:
         if self._engine is not None and self._pid != os.getpid():
             # inherited through fork: drop the parent's connections without closing them
@@ -85,7 +75,6 @@ class WorkerRuntime:
         self._engine = create_ledger_engine(
             url, pool_size=self.database_pool_size(), pre_ping=False
         )
-        self._sessions = create_session_factory(self._engine)
         self._pid = os.getpid()
 
     def reset_after_fork(self) -> None:
@@ -93,7 +82,6 @@ class WorkerRuntime:
         if self._engine is not None:
             self._engine.dispose(close=False)
         self._engine = None
-        self._sessions = None
         self._pid = None
 
     def close(self) -> None:
@@ -101,7 +89,6 @@ class WorkerRuntime:
         if self._engine is not None and self._pid == os.getpid():
             self._engine.dispose()
         self._engine = None
-        self._sessions = None
 
     @property
     def hostname(self) -> str:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from celery import Celery
@@ -25,7 +25,6 @@ class WorkerProcess:
     process: subprocess.Popen[bytes]
     node: str
     log_path: Path
-    extra: dict[str, str] = field(default_factory=dict)
 
     def log(self) -> str:
         """Everything the worker has written so far."""
