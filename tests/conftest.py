@@ -84,14 +84,22 @@ def drop_database(name: str) -> None:
         )
 
 
+@contextmanager
+def migrated_database(name: str) -> Iterator[str]:
+    """A fresh PostgreSQL database ``name`` at the newest schema, dropped afterwards; its URL."""
+    url = create_database(name)
+    try:
+        schema.upgrade(url)
+        yield url
+    finally:
+        drop_database(name)
+
+
 @pytest.fixture(scope="session")
 def postgres_url(worker_id: str) -> Iterator[str]:
     """A migrated PostgreSQL ledger of this test process's own."""
-    name = f"conveyor_test_{xdist_index(worker_id)}"
-    url = create_database(name)
-    schema.upgrade(url)
-    yield url
-    drop_database(name)
+    with migrated_database(f"conveyor_test_{xdist_index(worker_id)}") as url:
+        yield url
 
 
 @pytest.fixture

@@ -9,21 +9,17 @@ import pytest
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.conftest import create_database, drop_database, empty_redis_database, xdist_index
+from tests.conftest import empty_redis_database, migrated_database, xdist_index
 from tests.integration.conftest import plain_client
 from tests.support.ledger_reads import LedgerReader
 from tests.support.workers import worker_environment
-from workers import schema
 from workers.ledger.database import create_ledger_engine, create_session_factory
 
 
 @pytest.fixture(scope="session")
 def chaos_database(worker_id: str) -> Iterator[str]:
-    name = f"conveyor_chaos_{xdist_index(worker_id)}"
-    url = create_database(name)
-    schema.upgrade(url)
-    yield url
-    drop_database(name)
+    with migrated_database(f"conveyor_chaos_{xdist_index(worker_id)}") as url:
+        yield url
 
 
 @pytest.fixture

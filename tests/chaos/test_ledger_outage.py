@@ -11,22 +11,21 @@ from celery import Celery
 from celery.result import AsyncResult
 from psycopg import sql
 
-from tests.conftest import admin_connection, create_database, drop_database, xdist_index
+from tests.conftest import admin_connection, migrated_database, xdist_index
 from tests.support.ledger_reads import LedgerReader
 from tests.support.polling import wait_for
 from tests.support.workers import WorkerProcess, running_worker
-from workers import schema
 from workers.ledger.database import create_ledger_engine, create_session_factory
 
 
 @pytest.fixture
 def outage_database(worker_id: str) -> Iterator[tuple[str, str]]:
     name = f"conveyor_outage_{xdist_index(worker_id)}"
-    url = create_database(name)
-    schema.upgrade(url)
-    yield name, url
-    allow_connections(name, allowed=True)
-    drop_database(name)
+    with migrated_database(name) as url:
+        try:
+            yield name, url
+        finally:
+            allow_connections(name, allowed=True)  # a closed database cannot be dropped
 
 
 def allow_connections(name: str, *, allowed: bool) -> None:
