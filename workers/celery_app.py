@@ -10,6 +10,7 @@ from celery.concurrency import get_implementation
 from kombu import Exchange, Queue
 
 from tasks.catalog import KINDS, Catalog, build_catalog
+from workers.relay import register_relay
 from workers.runtime import ConveyorCelery, WorkerRuntime, pool_name_of
 from workers.settings import Settings, SettingsError
 from workers.structured_logging import configure_logging
@@ -108,9 +109,12 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> ConveyorCe
         worker_max_tasks_per_child=1000,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
+        # beat only schedules the outbox relay every second; nothing worth persisting
+        beat_scheduler="celery.beat:Scheduler",
         include=catalog.modules(),
     )
     app.runtime = WorkerRuntime(settings, catalog)
+    register_relay(app)
     _connect_worker_signals(app)
     return app
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from typing import Annotated, Literal
 
 import typer
+import uvicorn
 
 from tasks.catalog import build_catalog
 from workers.celery_app import check_visibility_timeout
@@ -25,6 +27,7 @@ cli = typer.Typer(
 
 WorkerKind = Literal["io", "cpu"]
 POOL_OF_KIND: dict[str, str] = {"io": "gevent", "cpu": "prefork"}
+_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def _settings() -> Settings:
@@ -73,6 +76,31 @@ def worker(
     # exec: Celery's own entry point monkey-patches gevent before anything else is imported,
     # and signals (SIGTERM for a warm shutdown) reach the worker directly
     os.execv(sys.executable, command)  # noqa: S606 - fixed argv, no shell
+
+
+@cli.command()
+def api(
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="uvicorn worker processes")] = 1,
+) -> None:
+    """Serve the HTTP API (uvicorn)."""
+    settings = _settings()
+    if workers > 1 and not os.environ.get(_METRICS_DIR):
+        # each worker process counts in files here, so one scrape adds every process up
+        os.environ[_METRICS_DIR] = tempfile.mkdtemp(prefix="conveyor-metrics-")
+    uvicorn.run(
+        "api_shim.app:build",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,  # the JSON logging configured by the app
+        log_level=settings.log_level.lower(),
+        access_log=False,  # requests are counted in /metrics; errors are logged with ids
+        server_header=False,
+        proxy_headers=False,
+    )
 
 
 @cli.command()

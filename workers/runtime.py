@@ -11,11 +11,14 @@ import random
 import socket
 from pathlib import Path
 
+import redis
 from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from tasks.catalog import Catalog
+from workers.broker import Publisher
+from workers.enqueue import Enqueuer
 from workers.ledger.database import create_ledger_engine
 from workers.settings import Settings
 
@@ -41,6 +44,8 @@ class WorkerRuntime:
         self.rng = random.Random()  # noqa: S311 - jitter, not secrets
         self._engine: Engine | None = None
         self._pid: int | None = None
+        self._enqueuer: Enqueuer | None = None
+        self._redis: redis.Redis | None = None
 
     def adopt_worker(self, pool: str, concurrency: int) -> None:
         """Record the pool and concurrency of the worker this process belongs to."""
@@ -65,6 +70,8 @@ class WorkerRuntime:
         if self._engine is not None and self._pid != os.getpid():
             # inherited through fork: drop the parent's connections without closing them
             self._engine.dispose(close=False)
+            self._enqueuer = None
+            self._redis = None
         url = self.settings.database_url
         if url.startswith("sqlite"):
             database = make_url(url).database
@@ -77,18 +84,35 @@ class WorkerRuntime:
         )
         self._pid = os.getpid()
 
+    @property
+    def enqueuer(self) -> Enqueuer:
+        """Publishes ledger jobs (the outbox relay and replays), created on first use."""
+        engine = self.engine  # first, so a forked child drops the parent's client below
+        if self._enqueuer is None:
+            self._redis = redis.Redis.from_url(
+                self.settings.redis_url, socket_connect_timeout=5, socket_timeout=30
+            )
+            self._enqueuer = Enqueuer(engine, Publisher(self._redis))
+        return self._enqueuer
+
     def reset_after_fork(self) -> None:
         """Forget the parent's engine; the child creates its own on first use."""
         if self._engine is not None:
             self._engine.dispose(close=False)
         self._engine = None
         self._pid = None
+        self._enqueuer = None
+        self._redis = None
 
     def close(self) -> None:
-        """Close this process's database connections."""
+        """Close this process's database and Redis connections."""
         if self._engine is not None and self._pid == os.getpid():
             self._engine.dispose()
+            if self._redis is not None:
+                self._redis.close()
         self._engine = None
+        self._enqueuer = None
+        self._redis = None
 
     @property
     def hostname(self) -> str:

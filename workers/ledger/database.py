@@ -23,13 +23,21 @@ def _configure_sqlite(dbapi_connection: Any, _record: ConnectionPoolEntry) -> No
 
 
 def create_ledger_engine(
-    url: str, *, pool_size: int, connect_timeout: float = 5.0, pre_ping: bool = True
+    url: str,
+    *,
+    pool_size: int,
+    connect_timeout: float = 5.0,
+    pre_ping: bool = True,
+    pool_timeout: float = 60.0,
+    statement_timeout_ms: int | None = None,
 ) -> Engine:
     """An engine for ``url`` whose pool holds at most ``pool_size`` connections.
 
     Callers size ``pool_size`` to their concurrency; greenlets or threads beyond it wait
     for a connection (``pool_timeout``) instead of opening more than the server allows.
     ``pre_ping`` spends a round trip per checkout to catch connections the server closed.
+    ``statement_timeout_ms`` bounds every PostgreSQL statement, so a request never hangs
+    on a stuck server.
     """
     if url.startswith("sqlite"):
         engine = create_engine(
@@ -40,14 +48,17 @@ def create_ledger_engine(
         )
         event.listen(engine, "connect", _configure_sqlite)
         return engine
+    connect_args: dict[str, Any] = {"connect_timeout": max(1, int(connect_timeout))}
+    if statement_timeout_ms is not None:
+        connect_args["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
     return create_engine(
         url,
         pool_size=pool_size,
         max_overflow=0,
-        pool_timeout=60,
+        pool_timeout=pool_timeout,
         pool_pre_ping=pre_ping,
         pool_recycle=1800,
-        connect_args={"connect_timeout": max(1, int(connect_timeout))},
+        connect_args=connect_args,
     )
 
 

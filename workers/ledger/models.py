@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -108,6 +109,14 @@ class Job(Base):
         Index("ix_jobs_client_created", "client_id", "created_at", "id"),
         Index("ix_jobs_status_scheduled", "status", "scheduled_for"),
         Index("ix_jobs_task", "task"),
+        Index("ix_jobs_client_status", "client_id", "status"),
+        # the outbox: only jobs still waiting to be published are in this index
+        Index(
+            "ix_jobs_publish_after",
+            "publish_after",
+            postgresql_where=text("publish_after IS NOT NULL"),
+            sqlite_where=text("publish_after IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -123,6 +132,8 @@ class Job(Base):
     # attempts made before the latest replay; retry policies count only those after it
     attempt_base: Mapped[int] = mapped_column(Integer, default=0)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    # sha256 of the canonical request, to tell a replay of the same key from a conflict
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     request_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
@@ -132,6 +143,11 @@ class Job(Base):
     next_retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     result: Mapped[Any | None] = mapped_column(JSONDocument)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
+    # The outbox: a job is recorded before it is published. ``publish_after`` is when the
+    # relay may (re)publish it; it is cleared, and ``published_at`` set, once the broker
+    # has the message.
+    publish_after: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     history: Mapped[list[Attempt]] = relationship(
         back_populates="job", order_by="Attempt.number", cascade="all, delete-orphan"

@@ -1,0 +1,92 @@
+"""The ASGI application factory of the producer API.
+
+FastAPI, for the OpenAPI document and ``/docs`` generated from the same pydantic models
+the requests are checked with; the hot paths answer with raw ``Response`` objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException
+
+from api_shim import errors
+from api_shim.intake import location
+from api_shim.metrics import ApiMetrics
+from api_shim.request_context import RequestContextMiddleware
+from api_shim.routes import blobs, health, jobs, stats
+from api_shim.routes import catalog as catalog_routes
+from api_shim.services import open_services
+from tasks.catalog import Catalog, build_catalog
+from workers.settings import Settings, get_settings
+from workers.structured_logging import configure_logging
+
+VERSION = "0.1.0"
+
+
+def create_api(settings: Settings, catalog: Catalog | None = None) -> FastAPI:
+    """The API for ``settings``; connections open when the server starts the app."""
+    catalog = (
+        catalog if catalog is not None else build_catalog(diagnostics=bool(settings.diagnostics))
+    )
+    metrics = ApiMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with open_services(settings, catalog, metrics) as services:
+            app.state.services = services
+            try:
+                yield
+            finally:
+                await services.async_redis.aclose()
+
+    app = FastAPI(
+        title="Conveyor",
+        version=VERSION,
+        description="Hand Conveyor jobs; it runs them reliably and keeps their record.",
+        lifespan=lifespan,
+    )
+    for router in (jobs.router, stats.router, blobs.router, catalog_routes.router, health.router):
+        app.include_router(router)
+    app.add_exception_handler(RequestValidationError, _refuse_invalid_parameters)
+    app.add_exception_handler(HTTPException, _refuse_http)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_blob_bytes=settings.max_blob_bytes,
+        metrics=metrics,
+    )
+    return app
+
+
+async def _refuse_invalid_parameters(_request: Request, error: Exception) -> Response:
+    # path and query parameters: the same 422 body as an invalid job
+    assert isinstance(error, RequestValidationError)  # noqa: S101 - registered for this type
+    details = [
+        {
+            "loc": location([p for p in item["loc"] if p not in ("query", "path")]),
+            "msg": item["msg"],
+        }
+        for item in error.errors()
+    ]
+    first = details[0] if details else {"loc": "request", "msg": "invalid"}
+    raise errors.validation_error(f"{first['loc']}: {first['msg']}", details)
+
+
+async def _refuse_http(_request: Request, error: Exception) -> Response:
+    assert isinstance(error, HTTPException)  # noqa: S101 - registered for this type
+    if error.status_code == 404:
+        raise errors.not_found("no such endpoint")
+    code = {405: "method_not_allowed", 400: "bad_request"}.get(error.status_code, "http_error")
+    raise errors.ApiError(error.status_code, code, str(error.detail))
+
+
+def build() -> FastAPI:
+    """The API from the environment's settings (uvicorn's ``--factory`` target)."""
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.secret_values())
+    return create_api(settings)

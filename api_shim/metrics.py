@@ -1,0 +1,87 @@
+"""The API's Prometheus metrics: requests, enqueued jobs and queue depths.
+
+With several uvicorn workers, ``conveyor api`` points ``PROMETHEUS_MULTIPROC_DIR`` at a
+fresh directory so that every process's counters add up in one scrape.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class QueueDepthCollector(Collector):
+    """``conveyor_queue_depth{queue}``, read from Redis at scrape time."""
+
+    def __init__(self, read_depths: Callable[[], dict[str, int]]) -> None:
+        self._read_depths = read_depths
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "conveyor_queue_depth", "Messages waiting in each queue", labels=["queue"]
+        )
+        for queue, depth in sorted(self._read_depths().items()):
+            family.add_metric([queue], depth)
+        yield family
+
+
+class ApiMetrics:
+    """The counters the API updates, and the scrape of everything."""
+
+    def __init__(self) -> None:
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        # in multiprocess mode the values live in files, not in a registry of their own
+        self._registry = None if self.multiprocess else CollectorRegistry()
+        self.http_requests = Counter(
+            "conveyor_http_requests_total",
+            "HTTP requests answered, by method, route and status",
+            ["method", "route", "status"],
+            registry=self._registry,
+        )
+        self.http_duration = Histogram(
+            "conveyor_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route",
+            ["route"],
+            buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=self._registry,
+        )
+        self.jobs_enqueued = Counter(
+            "conveyor_jobs_enqueued_total",
+            "Jobs recorded and queued through the API, by task and queue",
+            ["task", "queue"],
+            registry=self._registry,
+        )
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one answered request."""
+        self.http_requests.labels(method, route, str(status)).inc()
+        self.http_duration.labels(route).observe(seconds)
+
+    def count_enqueued(self, task: str, queue: str, jobs: int = 1) -> None:
+        """Count jobs newly recorded for ``task``."""
+        self.jobs_enqueued.labels(task, queue).inc(jobs)
+
+    def scrape(self, read_depths: Callable[[], dict[str, int]]) -> bytes:
+        """The Prometheus text exposition of every metric, queue depths read now."""
+        registry = CollectorRegistry()
+        if self.multiprocess:
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        else:
+            assert self._registry is not None  # noqa: S101 - set when not multiprocess
+            for collector in (self.http_requests, self.http_duration, self.jobs_enqueued):
+                registry.register(collector)
+        registry.register(QueueDepthCollector(read_depths))
+        return generate_latest(registry)

@@ -1,0 +1,84 @@
+"""Ledger rows as the contract's JSON documents, serialised without a model round trip."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from workers.ledger.models import Attempt, Job
+from workers.ledger.repository import JOBS
+
+JOB_FIELDS = (
+    "id",
+    "task",
+    "queue",
+    "status",
+    "args",
+    "priority",
+    "attempts",
+    "max_attempts",
+    "idempotency_key",
+    "request_id",
+    "created_at",
+    "scheduled_for",
+    "started_at",
+    "finished_at",
+    "next_retry_at",
+    "result",
+    "error",
+)
+_COLUMNS = tuple(column.key for column in JOBS.columns)
+
+
+def timestamp(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a ``Z``, or ``None``."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def job_document(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The contract's job object for a ``jobs`` row."""
+    document = {name: row[name] for name in JOB_FIELDS}
+    for name in ("created_at", "scheduled_for", "started_at", "finished_at", "next_retry_at"):
+        document[name] = timestamp(document[name])
+    return document
+
+
+def job_row(job: Job) -> dict[str, Any]:
+    """An ORM job as a plain row."""
+    return {name: getattr(job, name) for name in _COLUMNS}
+
+
+def attempt_document(attempt: Attempt) -> dict[str, Any]:
+    """One entry of a job's ``history``."""
+    return {
+        "number": attempt.number,
+        "status": attempt.outcome,
+        "worker": attempt.worker,
+        "pool": attempt.pool,
+        "pid": attempt.pid,
+        "started_at": timestamp(attempt.started_at),
+        "finished_at": timestamp(attempt.finished_at),
+        "retry_delay_seconds": attempt.retry_delay_seconds,
+        "error": attempt.error,
+    }
+
+
+def job_with_history(job: Job) -> dict[str, Any]:
+    """The job and one ``history`` entry per attempt."""
+    document = job_document(job_row(job))
+    document["history"] = [attempt_document(a) for a in job.history]
+    return document
+
+
+def dumps(document: Any) -> bytes:
+    """Compact UTF-8 JSON."""
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def jobs_documents(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Several job objects."""
+    return [job_document(row) for row in rows]

@@ -1,0 +1,75 @@
+"""Probes and metrics: ``/healthz`` (alive), ``/readyz`` (dependencies answer), ``/metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from api_shim.dependencies import Services
+from api_shim.metrics import CONTENT_TYPE
+from api_shim.rendering import dumps
+from api_shim.services import ApiServices
+
+logger = logging.getLogger("api_shim")
+router = APIRouter(tags=["operations"])
+
+PROBE_TIMEOUT_SECONDS = 2.0
+
+
+@router.get("/healthz", summary="Liveness")
+async def healthz() -> Response:
+    """``200`` while the process serves requests."""
+    return Response(dumps({"status": "ok"}), media_type="application/json")
+
+
+def _database_answers(services: ApiServices) -> None:
+    with services.engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
+async def _check(name: str, probe: object) -> str | None:
+    try:
+        await asyncio.wait_for(probe, PROBE_TIMEOUT_SECONDS)  # type: ignore[arg-type]
+    except Exception as error:  # noqa: BLE001 - any failure means "not ready"
+        logger.warning("readiness: %s does not answer", name, extra={"reason": repr(error)})
+        return f"{type(error).__name__}"
+    return None
+
+
+@router.get("/readyz", summary="Readiness", responses={503: {"description": "not ready"}})
+async def readyz(services: Services) -> Response:
+    """``200`` when Redis and the ledger database answer, else ``503`` naming which does not."""
+    redis_error, database_error = await asyncio.gather(
+        _check("redis", services.async_redis.ping()),
+        _check("database", run_in_threadpool(_database_answers, services)),
+    )
+    checks = {
+        "redis": "ok" if redis_error is None else f"unavailable ({redis_error})",
+        "database": "ok" if database_error is None else f"unavailable ({database_error})",
+    }
+    ready = redis_error is None and database_error is None
+    return Response(
+        dumps({"status": "ready" if ready else "not ready", "checks": checks}),
+        status_code=200 if ready else 503,
+        media_type="application/json",
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(services: Services) -> Response:
+    """Prometheus text: requests, enqueued jobs and queue depths."""
+
+    def depths() -> dict[str, int]:
+        try:
+            return services.queue_depths()
+        except Exception:  # noqa: BLE001 - a scrape without depths beats no scrape
+            logger.warning("metrics: queue depths unavailable")
+            return {}
+
+    body = await run_in_threadpool(services.metrics.scrape, depths)
+    return Response(body, media_type=CONTENT_TYPE)

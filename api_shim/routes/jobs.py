@@ -1,0 +1,239 @@
+"""``/v1/jobs``: enqueue one or many, read, list, cancel and retry a client's jobs."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Annotated, Any, cast
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from api_shim import errors
+from api_shim.dependencies import Client, Services, json_document
+from api_shim.rendering import dumps, job_document, job_row, job_with_history, jobs_documents
+from api_shim.schemas import BatchIn, BatchOut, ErrorEnvelope, JobIn, JobListOut, JobOut, Status
+from api_shim.services import ApiServices
+from workers.broker import Dispatch, Priority
+from workers.enqueue import RELAY_GRACE, Accepted, Conflict
+from workers.ledger import queries, repository
+from workers.ledger.database import session_scope
+from workers.ledger.models import Job, JobStatus
+
+logger = logging.getLogger("api_shim")
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorEnvelope} for code in (401, 404, 409, 413, 415, 422, 429, 500, 503)
+}
+_JSON = "application/json"
+
+
+def _json(document: Any, status: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(dumps(document), status_code=status, headers=headers, media_type=_JSON)
+
+
+def _body_schema(model: type[JobIn] | type[BatchIn]) -> dict[str, Any]:
+    # the body is parsed by the strict JSON reader, then this model; the spec still shows it
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                _JSON: {
+                    "schema": model.model_json_schema(ref_template="#/components/schemas/{model}")
+                }
+            },
+        }
+    }
+
+
+def _count(services: ApiServices, accepted: Accepted) -> None:
+    for job, replayed in zip(accepted.jobs, accepted.replayed, strict=True):
+        if not replayed:
+            services.metrics.count_enqueued(job["task"], job["queue"])
+
+
+def _conflict(outcome: Conflict, *, batch: bool) -> errors.ApiError:
+    where = f"jobs[{outcome.index}]: " if batch else ""
+    return errors.conflict(
+        f"{where}idempotency key {outcome.idempotency_key!r} was used for a different request",
+        {"index": outcome.index} if batch else None,
+    )
+
+
+@router.post(
+    "/jobs",
+    status_code=202,
+    response_model=JobOut,
+    responses={200: {"model": JobOut, "description": "idempotent replay"}, **_ERRORS},
+    openapi_extra=_body_schema(JobIn),
+    summary="Enqueue a job",
+)
+async def create_job(request: Request, client_id: Client, services: Services) -> Response:
+    """Record the job, queue it, answer ``202`` with it (``200`` on an idempotent replay)."""
+    document = await json_document(request)
+    submission = services.intake.single(
+        document,
+        client_id=client_id,
+        request_id=request.state.request_id,
+        header_key=request.headers.get("idempotency-key"),
+    )
+    outcome = await services.batcher.submit(submission)
+    if isinstance(outcome, Conflict):
+        raise _conflict(outcome, batch=False)
+    _count(services, outcome)
+    job = job_document(outcome.jobs[0])
+    if outcome.replayed[0]:
+        return _json(job, 200, {"Idempotent-Replayed": "true"})
+    return _json(job, 202, {"Location": f"/v1/jobs/{job['id']}"})
+
+
+@router.post(
+    "/jobs/batch",
+    status_code=202,
+    response_model=BatchOut,
+    responses=_ERRORS,
+    openapi_extra=_body_schema(BatchIn),
+    summary="Enqueue up to 1,000 jobs at once",
+)
+async def create_jobs(request: Request, client_id: Client, services: Services) -> Response:
+    """All jobs are recorded, or none: one invalid item refuses the batch, naming its index."""
+    if request.headers.get("idempotency-key") is not None:
+        raise errors.validation_error(
+            "Idempotency-Key applies to POST /v1/jobs; give each batch item an idempotency_key"
+        )
+    document = await json_document(request)
+    submission = services.intake.batch(
+        document, client_id=client_id, request_id=request.state.request_id
+    )
+    outcome = await services.batcher.submit(submission)
+    if isinstance(outcome, Conflict):
+        raise _conflict(outcome, batch=True)
+    _count(services, outcome)
+    return _json({"jobs": jobs_documents(outcome.jobs)}, 202)
+
+
+def _owned_job(services: ApiServices, session: Any, job_id: str, client_id: str) -> Job:
+    job = repository.get_job(session, job_id)
+    if job is None:
+        raise errors.not_found(f"no job {job_id}")
+    if job.client_id != client_id:
+        raise errors.not_found(f"no job {job_id}", security_event=True)
+    return job
+
+
+JobId = Annotated[str, Path(min_length=1, max_length=64, description="The job id")]
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=_ERRORS, summary="Get a job")
+async def get_job(job_id: JobId, client_id: Client, services: Services) -> Response:
+    """The job, with ``history``: one entry per attempt."""
+
+    def read() -> dict[str, Any]:
+        with session_scope(services.sessions) as session:
+            return job_with_history(_owned_job(services, session, job_id, client_id))
+
+    return _json(await run_in_threadpool(read), 200)
+
+
+def _decode_cursor(cursor: str) -> queries.PagePosition:
+    try:
+        created, job_id = json.loads(base64.urlsafe_b64decode(cursor.encode() + b"=="))
+        when = datetime.fromisoformat(created)
+        if when.tzinfo is None or not isinstance(job_id, str):
+            raise ValueError("bad cursor")  # noqa: TRY301 - one refusal for every malformation
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise errors.validation_error(
+            "cursor: not a cursor from this API", [{"loc": "cursor", "msg": "invalid cursor"}]
+        ) from None
+    return queries.PagePosition(when.astimezone(UTC), job_id)
+
+
+def _encode_cursor(position: queries.PagePosition) -> str:
+    raw = json.dumps([position.created_at.isoformat(), position.job_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@router.get("/jobs", response_model=JobListOut, responses=_ERRORS, summary="List jobs")
+async def list_jobs(  # noqa: PLR0917 - FastAPI passes query parameters by name
+    client_id: Client,
+    services: Services,
+    status: Annotated[Status | None, Query(description="Only jobs in this status")] = None,
+    task: Annotated[str | None, Query(max_length=200, description="Only this task")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> Response:
+    """The client's jobs, newest first; pass ``next_cursor`` back as ``cursor`` for more."""
+    after = _decode_cursor(cursor) if cursor else None
+
+    def read() -> tuple[list[dict[str, Any]], queries.PagePosition | None]:
+        with services.engine.connect() as connection:
+            return queries.list_jobs(
+                connection, client_id, limit=limit, status=status, task=task, after=after
+            )
+
+    rows, position = await run_in_threadpool(read)
+    next_cursor = _encode_cursor(position) if position else None
+    return _json({"items": jobs_documents(rows), "next_cursor": next_cursor}, 200)
+
+
+@router.post(
+    "/jobs/{job_id}/cancel", response_model=JobOut, responses=_ERRORS, summary="Cancel a job"
+)
+async def cancel_job(job_id: JobId, client_id: Client, services: Services) -> Response:
+    """``200`` with the cancelled job; ``409`` if it had already finished."""
+
+    def cancel() -> dict[str, Any]:
+        now = datetime.now(UTC)
+        with session_scope(services.sessions) as session:
+            before = _owned_job(services, session, job_id, client_id).status
+            job = repository.cancel_job(session, job_id, now=now)
+            assert job is not None  # noqa: S101 - it was just read under the same lock
+            if JobStatus(before).finished or job.status != JobStatus.CANCELLED.value:
+                raise errors.conflict(f"job {job_id} has already finished ({job.status})")
+            job.publish_after = None
+            session.flush()
+            return job_document(job_row(job))
+
+    return _json(await run_in_threadpool(cancel), 200)
+
+
+@router.post(
+    "/jobs/{job_id}/retry",
+    status_code=202,
+    response_model=JobOut,
+    responses=_ERRORS,
+    summary="Replay a failed or cancelled job",
+)
+async def retry_job(job_id: JobId, client_id: Client, services: Services) -> Response:
+    """Requeue a ``failed`` (dead-letter) or ``cancelled`` job for a fresh round of attempts."""
+
+    def replay() -> tuple[dict[str, Any], Dispatch]:
+        now = datetime.now(UTC)
+        with session_scope(services.sessions) as session:
+            before = _owned_job(services, session, job_id, client_id).status
+            job = repository.replay_job(session, job_id, now=now)
+            assert job is not None  # noqa: S101 - it was just read under the same lock
+            if before not in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
+                raise errors.conflict(
+                    f"job {job_id} is {before}; only failed or cancelled jobs can be retried"
+                )
+            job.publish_after = now + RELAY_GRACE
+            session.flush()
+            dispatch = Dispatch(
+                job.id,
+                job.task,
+                job.queue,
+                dict(job.args),
+                cast(Priority, job.priority),
+                job.retry_generation,
+            )
+            return job_document(job_row(job)), dispatch
+
+    document, dispatch = await run_in_threadpool(replay)
+    await run_in_threadpool(services.enqueuer.publish_recorded, [dispatch])
+    return _json(document, 202, {"Location": f"/v1/jobs/{document['id']}"})

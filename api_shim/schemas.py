@@ -1,0 +1,139 @@
+"""The API's request and response documents, as pydantic models (also the OpenAPI spec)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, model_validator
+
+from workers.broker import Priority
+
+MAX_BATCH = 1000
+MAX_DELAY_SECONDS = 30 * 24 * 3600
+Status = Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled"]
+
+
+class JobIn(BaseModel):
+    """One job to enqueue."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(min_length=1, max_length=200, examples=["diagnostics.echo"])
+    args: dict[str, JsonValue] = Field(default_factory=dict, examples=[{"value": "hello"}])
+    idempotency_key: str | None = Field(
+        default=None, min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$"
+    )
+    priority: Priority = "normal"
+    delay_seconds: float | None = Field(default=None, ge=0, le=MAX_DELAY_SECONDS)
+    run_at: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> JobIn:
+        if self.delay_seconds is not None and self.run_at is not None:
+            raise ValueError("give delay_seconds or run_at, not both")
+        return self
+
+
+class BatchIn(BaseModel):
+    """Up to 1,000 jobs, accepted or refused together."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[JobIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class ErrorOut(BaseModel):
+    """The ``error`` object of a failed job."""
+
+    type: str
+    message: str
+    error_id: str | None
+
+
+class AttemptOut(BaseModel):
+    """One attempt at a job."""
+
+    number: int
+    status: str
+    worker: str
+    pool: str
+    pid: int
+    started_at: datetime
+    finished_at: datetime | None
+    retry_delay_seconds: float | None
+    error: ErrorOut | None
+
+
+class JobOut(BaseModel):
+    """A job as the ledger has it."""
+
+    id: str
+    task: str
+    queue: str
+    status: Status
+    args: dict[str, Any]
+    priority: Priority
+    attempts: int
+    max_attempts: int
+    idempotency_key: str | None
+    request_id: str | None
+    created_at: datetime
+    scheduled_for: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    next_retry_at: datetime | None
+    result: Any
+    error: ErrorOut | None
+    history: list[AttemptOut] | None = None
+
+
+class JobListOut(BaseModel):
+    """One page of jobs, newest first."""
+
+    items: list[JobOut]
+    next_cursor: str | None
+
+
+class BatchOut(BaseModel):
+    """The jobs of a batch, in the order sent."""
+
+    jobs: list[JobOut]
+
+
+class TaskOut(BaseModel):
+    """A catalog entry."""
+
+    name: str
+    queue: str
+    description: str
+    args_schema: dict[str, Any]
+
+
+class StatsOut(BaseModel):
+    """The calling client's jobs by status, and every queue's depth."""
+
+    jobs: dict[str, int]
+    queues: dict[str, int]
+
+
+class BlobOut(BaseModel):
+    """A stored blob."""
+
+    blob: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    size: int
+
+
+class ErrorDetail(BaseModel):
+    """The body of every error answer."""
+
+    code: str
+    message: str
+    error_id: str
+    details: Any = None
+
+
+class ErrorEnvelope(BaseModel):
+    """``{"error": {...}}``."""
+
+    error: ErrorDetail

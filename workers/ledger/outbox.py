@@ -1,0 +1,108 @@
+"""The ledger side of enqueueing: new jobs, idempotent replays, and the outbox relay's reads.
+
+A job is committed before its message is published. Until the broker has the message,
+``publish_after`` says when the relay may publish it; publishing clears it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from workers.ledger.models import JobStatus
+from workers.ledger.repository import JOBS
+
+# SQLite and PostgreSQL both accept this many bound parameters in one IN list comfortably
+_IN_CHUNK = 500
+
+
+def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
+    for start in range(0, len(values), _IN_CHUNK):
+        yield values[start : start + _IN_CHUNK]
+
+
+def insert_new_jobs(connection: Connection, rows: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Insert ``rows``; the ids actually inserted.
+
+    A row whose ``(client_id, idempotency_key)`` is taken is skipped, not an error: under
+    concurrent identical requests the unique constraint picks one winner, and the caller
+    reads the winner's row to answer the others.
+    """
+    if not rows:
+        return set()
+    insert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    statement = insert(JOBS).on_conflict_do_nothing().returning(JOBS.c.id)
+    return set(connection.scalars(statement, list(rows)))
+
+
+def jobs_by_idempotency_key(
+    connection: Connection, client_id: str, keys: Iterable[str]
+) -> dict[str, dict[str, Any]]:
+    """The client's jobs recorded under ``keys``, by key."""
+    wanted = sorted(set(keys))
+    found: dict[str, dict[str, Any]] = {}
+    for chunk in _chunks(wanted):
+        query = select(JOBS).where(JOBS.c.client_id == client_id, JOBS.c.idempotency_key.in_(chunk))
+        for row in connection.execute(query).mappings():
+            found[row["idempotency_key"]] = dict(row)
+    return found
+
+
+def delete_jobs(connection: Connection, job_ids: Sequence[str]) -> None:
+    """Remove jobs inserted by a request that is refused as a whole."""
+    for chunk in _chunks(job_ids):
+        connection.execute(JOBS.delete().where(JOBS.c.id.in_(chunk)))
+
+
+def mark_published(connection: Connection, job_ids: Sequence[str], now: datetime) -> None:
+    """The broker has these jobs' messages: take them out of the outbox."""
+    for chunk in _chunks(job_ids):
+        connection.execute(
+            JOBS.update().where(JOBS.c.id.in_(chunk)).values(publish_after=None, published_at=now)
+        )
+
+
+def schedule_publish(connection: Connection, job_id: str, when: datetime) -> None:
+    """Put a job (back) in the outbox, to be published by the relay from ``when``."""
+    connection.execute(JOBS.update().where(JOBS.c.id == job_id).values(publish_after=when))
+
+
+_DUE = (
+    select(
+        JOBS.c.id,
+        JOBS.c.task,
+        JOBS.c.queue,
+        JOBS.c.args,
+        JOBS.c.priority,
+        JOBS.c.retry_generation,
+        JOBS.c.status,
+    )
+    .where(
+        JOBS.c.publish_after.is_not(None),
+        JOBS.c.publish_after <= bindparam("b_now"),
+    )
+    .order_by(JOBS.c.publish_after)
+    .limit(bindparam("b_limit"))
+)
+
+
+def due_for_publishing(connection: Connection, now: datetime, limit: int) -> list[dict[str, Any]]:
+    """Jobs whose time to be published has come, oldest first, locked for this transaction.
+
+    Rows another relay has locked are skipped rather than waited for (PostgreSQL), so two
+    relays never publish the same batch. Jobs that are no longer queued (cancelled while
+    they waited) come back too, so the caller can take them out of the outbox.
+    """
+    query = _DUE.with_for_update(skip_locked=True)
+    rows = connection.execute(query, {"b_now": now, "b_limit": limit}).mappings()
+    return [dict(row) for row in rows]
+
+
+def is_publishable(row: Mapping[str, Any]) -> bool:
+    """Whether an outbox row should be published, rather than just dropped from the outbox."""
+    return bool(row["status"] == JobStatus.QUEUED.value)
