@@ -14,6 +14,7 @@ from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from tests.support.api_server import API_KEYS, ApiServer, ServiceProcess, running_api, running_beat
 from tests.support.ledger_reads import LedgerReader
 from tests.support.workers import WorkerProcess, running_worker, worker_environment
 from workers.ledger.database import create_ledger_engine, create_session_factory
@@ -88,3 +89,30 @@ def stack(
     ):
         yield Stack(client, io, cpu, LedgerReader(ledger_sessions), env)
     client.close()
+
+
+@pytest.fixture(scope="session")
+def api_env(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment of the API processes: the workers' settings, keys and a blob store."""
+    return {
+        **stack.env,
+        "CONVEYOR_API_KEYS": API_KEYS,
+        "CONVEYOR_STORAGE_DIR": str(tmp_path_factory.mktemp("blobs")),
+        "CONVEYOR_RATE_LIMIT": "100000/second",
+    }
+
+
+@pytest.fixture(scope="session")
+def api(api_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    """A real ``conveyor api`` (two uvicorn workers) in front of this process's workers."""
+    logs = tmp_path_factory.mktemp("api-logs")
+    with running_api(api_env, logs / "api.log", workers=2) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def beat(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """Celery beat, scheduling the outbox relay every second."""
+    logs = tmp_path_factory.mktemp("beat-logs")
+    with running_beat(stack.env, logs / "beat.log") as process:
+        yield process

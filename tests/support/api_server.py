@@ -1,0 +1,105 @@
+"""Real ``conveyor api`` and ``celery beat`` processes for tests: started, awaited, stopped."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.support.polling import wait_for
+from tests.support.workers import CONVEYOR
+
+ALICE = ("alice", "alice-secret-key-0123456789")
+BOB = ("bob", "bob-secret-key-0123456789abc")
+API_KEYS = ",".join(f"{client}:{secret}" for client, secret in (ALICE, BOB))
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class ServiceProcess:
+    """A started process with its log file."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        """Everything the process has written so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30) -> int:
+        """Send ``sig`` and wait for the exit; its exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(10)
+
+
+@dataclass
+class ApiServer(ServiceProcess):
+    """A running API and its address."""
+
+    base_url: str
+
+    def client(self, secret: str | None = ALICE[1], **kwargs: object) -> httpx.Client:
+        """An HTTP client on this server, authenticated as ``secret`` (alice by default)."""
+        headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+
+def _start(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    log = log_path.open("wb")
+    try:
+        return subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    finally:
+        log.close()
+
+
+@contextmanager
+def running_api(env: dict[str, str], log_path: Path, *, workers: int = 1) -> Iterator[ApiServer]:
+    """``conveyor api`` on a free port, answering /healthz inside the block."""
+    port = free_port()
+    command = [CONVEYOR, "api", "--port", str(port), "--workers", str(workers)]
+    server = ApiServer(_start(command, env, log_path), log_path, f"http://127.0.0.1:{port}")
+
+    def healthy() -> bool:
+        if server.process.poll() is not None:
+            raise AssertionError(f"the API exited:\n{server.log()[-4000:]}")
+        try:
+            return httpx.get(f"{server.base_url}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(healthy, timeout=60, interval=0.1, what="the API to answer /healthz")
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def running_beat(env: dict[str, str], log_path: Path) -> Iterator[ServiceProcess]:
+    """``celery beat`` scheduling the outbox relay, stopped after the block."""
+    command = [sys.executable, "-m", "celery", "-A", "workers.app", "beat", "--loglevel", "INFO"]
+    beat = ServiceProcess(_start(command, env, log_path), log_path)
+    try:
+        yield beat
+    finally:
+        beat.stop()
