@@ -169,6 +169,7 @@ class Enqueuer:
                 len(dispatches),
                 extra={"reason": str(error)},
             )
+            self._due_for_relay_now(dispatches)
             return False
         try:
             with self._engine.begin() as connection:
@@ -177,6 +178,16 @@ class Enqueuer:
             # the messages are out; the relay will publish them again, which is harmless
             logger.exception("could not mark %d published jobs", len(dispatches))
         return True
+
+    def _due_for_relay_now(self, dispatches: Sequence[Dispatch]) -> None:
+        # the relay need not wait out the grace period: these jobs are known unpublished
+        try:
+            with self._engine.begin() as connection:
+                outbox.schedule_publish_now(
+                    connection, [d.job_id for d in dispatches], self._clock()
+                )
+        except Exception:
+            logger.exception("could not hand %d jobs to the relay early", len(dispatches))
 
     def relay_due(self, *, limit: int = 1000) -> int:
         """Publish jobs that are due and still in the outbox; how many were published."""

@@ -67,9 +67,14 @@ def mark_published(connection: Connection, job_ids: Sequence[str], now: datetime
         )
 
 
-def schedule_publish(connection: Connection, job_id: str, when: datetime) -> None:
-    """Put a job (back) in the outbox, to be published by the relay from ``when``."""
-    connection.execute(JOBS.update().where(JOBS.c.id == job_id).values(publish_after=when))
+def schedule_publish_now(connection: Connection, job_ids: Sequence[str], now: datetime) -> None:
+    """Make jobs still in the outbox due for the relay now (their publish just failed)."""
+    for chunk in _chunks(job_ids):
+        connection.execute(
+            JOBS.update()
+            .where(JOBS.c.id.in_(chunk), JOBS.c.publish_after.is_not(None))
+            .values(publish_after=now)
+        )
 
 
 _DUE = (
