@@ -78,6 +78,22 @@ def worker(
     os.execv(sys.executable, command)  # noqa: S606 - fixed argv, no shell
 
 
+@cli.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def beat(ctx: typer.Context) -> None:
+    """Run Celery beat: it schedules the outbox relay every second (run exactly one).
+
+    Further options go to `celery beat` as they are.
+    """
+    settings = _settings()
+    command = [
+        sys.executable, "-m", "celery", "-A", "workers.app", "beat",
+        "--loglevel", settings.log_level, *ctx.args,
+    ]  # fmt: skip
+    os.execv(sys.executable, command)  # noqa: S606 - fixed argv, no shell
+
+
 @cli.command()
 def api(
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",

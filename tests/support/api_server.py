@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -96,8 +95,8 @@ def running_api(env: dict[str, str], log_path: Path, *, workers: int = 1) -> Ite
 
 @contextmanager
 def running_beat(env: dict[str, str], log_path: Path) -> Iterator[ServiceProcess]:
-    """``celery beat`` scheduling the outbox relay, stopped after the block."""
-    command = [sys.executable, "-m", "celery", "-A", "workers.app", "beat", "--loglevel", "INFO"]
+    """``conveyor beat`` scheduling the outbox relay, stopped after the block."""
+    command = [CONVEYOR, "beat"]
     beat = ServiceProcess(_start(command, env, log_path), log_path)
     try:
         yield beat
