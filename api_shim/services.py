@@ -18,6 +18,7 @@ from api_shim.batching import EnqueueBatcher
 from api_shim.intake import JobIntake
 from api_shim.metrics import ApiMetrics
 from api_shim.rate_limit import SlidingWindowLimiter
+from api_shim.status_counts import StatusCounts
 from tasks.catalog import Catalog
 from workers.blob_store import BlobStore
 from workers.broker import Publisher, queue_depths
@@ -49,6 +50,7 @@ class ApiServices:
     intake: JobIntake
     blobs: BlobStore
     metrics: ApiMetrics
+    status_counts: StatusCounts
 
     def queue_depths(self) -> dict[str, int]:
         """Messages waiting per queue (blocking; for the metrics scrape)."""
@@ -103,6 +105,7 @@ def open_services(
                 intake=JobIntake(catalog),
                 blobs=BlobStore(settings.storage_dir),
                 metrics=metrics,
+                status_counts=StatusCounts(engine),
             )
     finally:
         sync_redis.close()
