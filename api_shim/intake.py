@@ -71,7 +71,8 @@ class JobIntake:
                 raise errors.validation_error(
                     "the Idempotency-Key header and the body's idempotency_key differ"
                 )
-            job = job.model_copy(update={"idempotency_key": header_key})
+            # validated like the body field: same length and character rules
+            job = self._model(JobIn, {**document, "idempotency_key": header_key}, ())
         return Submission((self._prepare(job, (), client_id, request_id),))
 
     def batch(self, document: Any, *, client_id: str, request_id: str) -> Submission:

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 CONTEXT_FIELDS = ("request_id", "job_id", "task_id", "task", "attempt", "error_id")
 REDACTED = "[REDACTED]"
+INTERNAL_TASK_PREFIX = "conveyor."
 
 _log_context: ContextVar[Mapping[str, Any]] = ContextVar("conveyor_log_context", default={})  # noqa: B039 - never mutated
 
@@ -111,6 +112,21 @@ def _adopt_celery_task_data(entry: dict[str, Any]) -> None:
     entry["data"] = {k: v for k, v in data.items() if k not in ("args", "kwargs")}
 
 
+class HousekeepingFilter(logging.Filter):
+    """Drops Celery's routine received/succeeded lines for internal ``conveyor.*`` tasks.
+
+    The outbox relay runs every second; its two lines per run would drown the job lines.
+    Its warnings, failures and the relay's own "published" line still get through.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        data = getattr(record, "data", None)
+        name = data.get("name") if isinstance(data, Mapping) else None
+        return not (isinstance(name, str) and name.startswith(INTERNAL_TASK_PREFIX))
+
+
 @contextmanager
 def log_context(**fields: Any) -> Iterator[None]:
     """Add ``fields`` to every log line written inside the block (by this greenlet/thread)."""
@@ -133,6 +149,7 @@ def configure_logging(
     """Send every logger's output through one JSON handler on the root logger."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter(Redactor(secrets)))
+    handler.addFilter(HousekeepingFilter())
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)

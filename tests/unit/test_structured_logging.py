@@ -12,6 +12,7 @@ import pytest
 from workers.structured_logging import (
     CONTEXT_FIELDS,
     REDACTED,
+    HousekeepingFilter,
     JsonFormatter,
     Redactor,
     configure_logging,
@@ -101,3 +102,16 @@ def test_context_is_restored_after_the_block() -> None:
     with log_context(job_id="a"), log_context(attempt=1):
         pass
     assert redactor.text("plain") == "plain"
+
+
+def test_routine_lines_of_internal_tasks_are_dropped_but_their_warnings_kept() -> None:
+    housekeeping = HousekeepingFilter()
+
+    def record(level: int, name: str) -> logging.LogRecord:
+        entry = logging.LogRecord("celery.app.trace", level, __file__, 1, "Task done", None, None)
+        entry.data = {"id": "x", "name": name}
+        return entry
+
+    assert not housekeeping.filter(record(logging.INFO, "conveyor.relay_outbox"))
+    assert housekeeping.filter(record(logging.WARNING, "conveyor.relay_outbox"))
+    assert housekeeping.filter(record(logging.INFO, "diagnostics.echo"))
