@@ -82,7 +82,7 @@ def test_pool_names_come_from_the_celery_pool_module() -> None:
 
 def test_the_api_loads_neither_celery_gevent_nor_implementations() -> None:
     probe = (
-        "import sys, tasks.catalog, api_shim.app;"
+        "import sys, tasks.catalog, api_shim.app, api_shim.client;"
         "api_shim.app.create_api(api_shim.app.get_settings());"
         "loaded = [m for m in ('gevent', 'celery', 'tasks.io.diagnostics',"
         " 'tasks.cpu.diagnostics', 'tasks.base', 'workers.app') if m in sys.modules];"
