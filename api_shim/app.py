@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,6 +21,7 @@ from api_shim.metrics import ApiMetrics
 from api_shim.request_context import RequestContextMiddleware
 from api_shim.routes import blobs, health, jobs, stats
 from api_shim.routes import catalog as catalog_routes
+from api_shim.schemas import BatchIn, JobIn
 from api_shim.services import open_services
 from tasks.catalog import Catalog, build_catalog
 from workers.settings import Settings, get_settings
@@ -52,6 +54,7 @@ def create_api(settings: Settings, catalog: Catalog | None = None) -> FastAPI:
     )
     for router in (jobs.router, stats.router, blobs.router, catalog_routes.router, health.router):
         app.include_router(router)
+    _document_request_models(app)
     app.add_exception_handler(RequestValidationError, _refuse_invalid_parameters)
     app.add_exception_handler(HTTPException, _refuse_http)
     app.add_middleware(
@@ -61,6 +64,29 @@ def create_api(settings: Settings, catalog: Catalog | None = None) -> FastAPI:
         metrics=metrics,
     )
     return app
+
+
+def _document_request_models(app: FastAPI) -> None:
+    """Put the job request models into the OpenAPI components the routes refer to.
+
+    The job routes read their bodies with the strict JSON reader instead of a FastAPI body
+    parameter, so FastAPI does not list these models by itself.
+    """
+    build_document = app.openapi
+
+    def document() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        spec = build_document()
+        schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+        for model in (JobIn, BatchIn):
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[model.__name__] = schema
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = document  # type: ignore[method-assign]
 
 
 async def _refuse_invalid_parameters(_request: Request, error: Exception) -> Response:

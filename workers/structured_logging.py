@@ -122,6 +122,11 @@ class HousekeepingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno > logging.INFO:
             return True
+        if record.name == "celery.beat" and isinstance(record.args, tuple):
+            # "Scheduler: Sending due task <entry> (<task name>)"
+            return not any(
+                isinstance(arg, str) and arg.startswith(INTERNAL_TASK_PREFIX) for arg in record.args
+            )
         data = getattr(record, "data", None)
         name = data.get("name") if isinstance(data, Mapping) else None
         return not (isinstance(name, str) and name.startswith(INTERNAL_TASK_PREFIX))
