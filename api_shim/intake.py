@@ -122,8 +122,13 @@ class JobIntake:
         if job.delay_seconds:
             return self._clock() + timedelta(seconds=job.delay_seconds)
         if job.run_at is not None:
-            run_at = job.run_at.astimezone(UTC)
-            if run_at > self._clock() + timedelta(seconds=MAX_DELAY_SECONDS):
+            now = self._clock()
+            try:
+                run_at = job.run_at.astimezone(UTC)
+            except OverflowError:
+                raise errors.validation_error("run_at: out of range") from None
+            if run_at > now + timedelta(seconds=MAX_DELAY_SECONDS):
                 raise errors.validation_error("run_at: at most 30 days ahead")
-            return run_at
+            # a time already past means now
+            return max(run_at, now)
         return None

@@ -36,7 +36,8 @@ def timestamp(value: datetime | None) -> str | None:
     """ISO 8601 in UTC with a ``Z``, or ``None``."""
     if value is None:
         return None
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat, not strftime: %Y drops the leading zeros of years before 1000
+    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def job_document(row: Mapping[str, Any]) -> dict[str, Any]:

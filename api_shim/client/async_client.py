@@ -1,0 +1,207 @@
+"""AsyncConveyorClient: the asyncio twin of ConveyorClient."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Iterable, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import httpx
+
+from api_shim.client.blob_streams import AsyncBlobStream
+from api_shim.client.calls import _Call
+from api_shim.client.client_base import _ClientBase
+from api_shim.client.errors import _connection_error, _error_from
+from api_shim.client.models import Blob, Job, JobPage, JobSpec, JobStatus, Priority, Stats, TaskInfo
+from api_shim.client.retrying import _Poll
+from api_shim.client.upload_body import CHUNK_SIZE, AsyncBlobData
+
+T = TypeVar("T")
+
+
+class AsyncConveyorClient(_ClientBase):
+    """The asyncio twin of :class:`ConveyorClient`; close it, or use ``async with``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 10.0,
+        max_retries: int = 3,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(base_url, api_key, timeout, max_retries)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=self._default_headers,
+            timeout=timeout,
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- transport
+
+    async def _send(self, call: _Call[Any], *, stream: bool = False) -> httpx.Response:
+        """The successful answer to ``call``, after the retries the policy allows."""
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.send(call.build(self._http), stream=stream)
+            except httpx.TransportError as error:
+                delay = self._policy.after_error(call, attempt, error)
+                if delay is None:
+                    raise _connection_error(call, error) from error
+            else:
+                if response.is_success:
+                    return response
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+                delay = self._policy.after_response(call, attempt, response)
+                if delay is None:
+                    raise _error_from(response, call.request_id)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def _run(self, call: _Call[T]) -> T:
+        return call.parse(await self._send(call))
+
+    # -- jobs
+
+    async def enqueue(
+        self,
+        task: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        priority: Priority | None = None,
+        delay_seconds: float | None = None,
+        run_at: datetime | None = None,
+        request_id: str | None = None,
+    ) -> Job:
+        """Enqueue one job; ``job.replayed`` when the key had already been used for it."""
+        spec = JobSpec(
+            task,
+            args,
+            idempotency_key=idempotency_key,
+            priority=priority,
+            delay_seconds=delay_seconds,
+            run_at=run_at,
+        )
+        return await self._run(self._calls.enqueue(spec, request_id))
+
+    async def enqueue_many(
+        self, jobs: Iterable[JobSpec | Mapping[str, Any]], *, request_id: str | None = None
+    ) -> list[Job]:
+        """Enqueue up to 1,000 jobs at once: all are accepted, or none."""
+        return await self._run(self._calls.enqueue_many(jobs, request_id))
+
+    async def get(self, job: Job | str, *, request_id: str | None = None) -> Job:
+        """The job, with ``history``."""
+        return await self._run(self._calls.get(job, request_id))
+
+    async def wait(
+        self,
+        job: Job | str,
+        *,
+        timeout: float = 60.0,
+        poll_interval: float = 0.1,
+        max_interval: float = 2.0,
+        request_id: str | None = None,
+    ) -> Job:
+        """Poll until the job has finished; :class:`WaitTimeoutError` after ``timeout`` s."""
+        poll = _Poll(timeout, poll_interval, max_interval)
+        while True:
+            current = await self.get(job, request_id=request_id)
+            delay = poll.delay_after(current)
+            if delay is None:
+                return current
+            await asyncio.sleep(delay)
+
+    async def cancel(self, job: Job | str, *, request_id: str | None = None) -> Job:
+        """Cancel a job that has not finished (:class:`ConflictError` if it has)."""
+        return await self._run(self._calls.cancel(job, request_id))
+
+    async def retry(self, job: Job | str, *, request_id: str | None = None) -> Job:
+        """Requeue a ``failed`` or ``cancelled`` job (:class:`ConflictError` otherwise)."""
+        return await self._run(self._calls.retry(job, request_id))
+
+    async def page(
+        self,
+        status: JobStatus | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        *,
+        request_id: str | None = None,
+    ) -> JobPage:
+        """One page of the client's jobs, newest first."""
+        return await self._run(self._calls.page(status, task, limit, cursor, request_id))
+
+    async def iter_jobs(
+        self,
+        status: JobStatus | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        *,
+        request_id: str | None = None,
+    ) -> AsyncGenerator[Job, None]:
+        """Every matching job, newest first, fetched ``limit`` per page as iteration goes."""
+        cursor: str | None = None
+        while True:
+            page = await self.page(status, task, limit, cursor, request_id=request_id)
+            for job in page.items:
+                yield job
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    # -- blobs, catalog, stats
+
+    async def upload_blob(self, data: AsyncBlobData, *, request_id: str | None = None) -> Blob:
+        """Stream ``data`` (bytes, a binary file, or a sync or async iterable of chunks)."""
+        return await self._run(self._calls.upload_blob(data, request_id))
+
+    async def download_blob(
+        self, blob: Blob | str, *, chunk_size: int = CHUNK_SIZE, request_id: str | None = None
+    ) -> AsyncBlobStream:
+        """The blob's bytes as an async stream; close it (``async with``) or read it all."""
+        response = await self._send(self._calls.download_blob(blob, request_id), stream=True)
+        return AsyncBlobStream(response, blob, chunk_size)
+
+    async def stats(self, *, request_id: str | None = None) -> Stats:
+        """The client's jobs by status and the queue depths."""
+        return await self._run(self._calls.stats(request_id))
+
+    async def tasks(self, *, request_id: str | None = None) -> list[TaskInfo]:
+        """The task catalog."""
+        return await self._run(self._calls.tasks(request_id))
+
+    def list(
+        self,
+        status: JobStatus | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        *,
+        request_id: str | None = None,
+    ) -> AsyncGenerator[Job, None]:
+        """Same as :meth:`iter_jobs` (``async for job in client.list(...)``)."""
+        return self.iter_jobs(status, task, limit, request_id=request_id)
