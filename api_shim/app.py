@@ -6,6 +6,7 @@ the requests are checked with; the hot paths answer with raw ``Response`` object
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -103,12 +104,26 @@ async def _refuse_invalid_parameters(_request: Request, error: Exception) -> Res
     raise errors.validation_error(f"{first['loc']}: {first['msg']}", details)
 
 
-async def _refuse_http(_request: Request, error: Exception) -> Response:
+async def _refuse_http(request: Request, error: Exception) -> Response:
     assert isinstance(error, HTTPException)  # noqa: S101 - registered for this type
     if error.status_code == 404:
         raise errors.not_found("no such endpoint")
     code = {405: "method_not_allowed", 400: "bad_request"}.get(error.status_code, "http_error")
-    raise errors.ApiError(error.status_code, code, str(error.detail))
+    headers = dict(error.headers or {})
+    if error.status_code == 405:
+        # Starlette names only the first matching route's methods; a path may have several
+        headers["Allow"] = ", ".join(_methods_for(request))
+    raise errors.ApiError(error.status_code, code, str(error.detail), headers=headers)
+
+
+def _methods_for(request: Request) -> list[str]:
+    # read from the OpenAPI paths: FastAPI nests included routers in private wrappers
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        pattern = re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {method.upper() for method in operations}
+    return sorted(methods)
 
 
 def build() -> FastAPI:

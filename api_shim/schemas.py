@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    field_validator,
+    model_validator,
+)
 
 from workers.broker import Priority
 
@@ -25,8 +33,17 @@ class JobIn(BaseModel):
         default=None, min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$"
     )
     priority: Priority = "normal"
-    delay_seconds: float | None = Field(default=None, ge=0, le=MAX_DELAY_SECONDS)
+    # strict: JSON true is not a one-second delay
+    delay_seconds: float | None = Field(default=None, ge=0, le=MAX_DELAY_SECONDS, strict=True)
     run_at: AwareDatetime | None = None
+
+    @field_validator("run_at", mode="before")
+    @classmethod
+    def _run_at_is_text(cls, value: object) -> object:
+        # JSON has no dates: a number would otherwise be read as a Unix timestamp
+        if value is not None and not isinstance(value, str):
+            raise ValueError("give run_at as an ISO 8601 string with a time zone")
+        return value
 
     @model_validator(mode="after")
     def _one_schedule(self) -> JobIn:

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from fastapi.responses import Response
 
 from api_shim.dependencies import Client, Services
 from api_shim.rendering import dumps
-from api_shim.schemas import TaskOut
+from api_shim.schemas import ErrorEnvelope, TaskOut
 
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorEnvelope} for code in (401, 429, 500, 503)
+}
 router = APIRouter(prefix="/v1", tags=["catalog"])
 
 
-@router.get("/tasks", response_model=list[TaskOut], summary="List the task catalog")
+@router.get(
+    "/tasks", response_model=list[TaskOut], summary="List the task catalog", responses=_ERRORS
+)
 async def list_tasks(_client_id: Client, services: Services) -> Response:
     """Every task this deployment runs: name, queue, description and JSON Schema of args."""
     tasks = [

@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 import logging
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, cast
 
@@ -119,7 +120,11 @@ def _owned_job(services: ApiServices, session: Any, job_id: str, client_id: str)
     return job
 
 
-JobId = Annotated[str, Path(min_length=1, max_length=64, description="The job id")]
+# printable ASCII only: a NUL or control character can name no job, and PostgreSQL refuses it
+_PRINTABLE = r"^[\x21-\x7e]+$"
+JobId = Annotated[
+    str, Path(min_length=1, max_length=64, pattern=_PRINTABLE, description="The job id")
+]
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=_ERRORS, summary="Get a job")
@@ -136,14 +141,14 @@ async def get_job(job_id: JobId, client_id: Client, services: Services) -> Respo
 def _decode_cursor(cursor: str) -> queries.PagePosition:
     try:
         created, job_id = json.loads(base64.urlsafe_b64decode(cursor.encode() + b"=="))
-        when = datetime.fromisoformat(created)
-        if when.tzinfo is None or not isinstance(job_id, str):
+        when = datetime.fromisoformat(created).astimezone(UTC)
+        if not isinstance(job_id, str) or not re.fullmatch(_PRINTABLE, job_id):
             raise ValueError("bad cursor")  # noqa: TRY301 - one refusal for every malformation
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise errors.validation_error(
             "cursor: not a cursor from this API", [{"loc": "cursor", "msg": "invalid cursor"}]
         ) from None
-    return queries.PagePosition(when.astimezone(UTC), job_id)
+    return queries.PagePosition(when, job_id)
 
 
 def _encode_cursor(position: queries.PagePosition) -> str:
@@ -156,7 +161,9 @@ async def list_jobs(  # noqa: PLR0917 - FastAPI passes query parameters by name
     client_id: Client,
     services: Services,
     status: Annotated[Status | None, Query(description="Only jobs in this status")] = None,
-    task: Annotated[str | None, Query(max_length=200, description="Only this task")] = None,
+    task: Annotated[
+        str | None, Query(max_length=200, pattern=_PRINTABLE, description="Only this task")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Response:

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from api_shim.dependencies import Client, Services
 from api_shim.rendering import dumps
-from api_shim.schemas import StatsOut
+from api_shim.schemas import ErrorEnvelope, StatsOut
 from workers.broker import depth_keys, sum_depths
 
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorEnvelope} for code in (401, 429, 500, 503)
+}
 router = APIRouter(prefix="/v1", tags=["operations"])
 
 
-@router.get("/stats", response_model=StatsOut, summary="Job counts and queue depths")
+@router.get(
+    "/stats", response_model=StatsOut, summary="Job counts and queue depths", responses=_ERRORS
+)
 async def stats(client_id: Client, services: Services) -> Response:
     """The client's jobs by status and the messages waiting in each queue."""
     counts = await run_in_threadpool(services.status_counts.read, client_id)
