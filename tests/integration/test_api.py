@@ -7,6 +7,7 @@ outbox relay for delayed jobs, and the request id following a job into the worke
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from tests.integration.conftest import Stack
-from tests.support.api_server import ALICE, BOB, ApiServer
+from tests.support.api_server import ALICE, BOB, ApiServer, running_api
 from tests.support.polling import wait_for
 from workers.enqueue import Enqueuer, JobRequest, Submission
 
@@ -417,3 +418,36 @@ def test_the_relay_publishes_a_job_its_producer_never_published(
         done = finished_job(client, job.job_id, timeout=30)
     assert done["status"] == "succeeded"
     assert done["attempts"] == 1
+
+
+CAROL = ("carol", "carol-secret-key-0123456789")
+
+
+@pytest.fixture(scope="module")
+def limited_api(
+    api_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApiServer]:
+    """An API allowing 5 calls a minute, with a client no other server knows."""
+    env = {
+        **api_env,
+        "CONVEYOR_RATE_LIMIT": "5/minute",
+        "CONVEYOR_API_KEYS": f"{CAROL[0]}:{CAROL[1]}",
+    }
+    with running_api(env, tmp_path_factory.mktemp("limited") / "api.log") as server:
+        yield server
+
+
+def test_the_rate_limit_is_exact_at_the_boundary(limited_api: ApiServer) -> None:
+    with limited_api.client(CAROL[1]) as client:
+        answers = [client.get("/v1/tasks") for _ in range(5)]
+        refused = client.post("/v1/jobs", json={"task": "diagnostics.echo", "args": {"value": 1}})
+        health = client.get("/healthz")
+
+    assert [a.status_code for a in answers] == [200] * 5
+    assert [a.headers["RateLimit-Remaining"] for a in answers] == ["4", "3", "2", "1", "0"]
+    assert {a.headers["RateLimit-Limit"] for a in answers} == {"5"}
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert refused.headers["RateLimit-Remaining"] == "0"
+    assert health.status_code == 200  # probes are not rate limited
