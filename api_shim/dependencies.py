@@ -19,8 +19,8 @@ logger = logging.getLogger("api_shim")
 bearer_scheme = HTTPBearer(auto_error=False, description="An API key from CONVEYOR_API_KEYS")
 
 
-def services_of(request: Request) -> ApiServices:
-    """The services of this API process."""
+async def services_of(request: Request) -> ApiServices:
+    """The services of this API process (async: a plain function would cost a thread hop)."""
     services: ApiServices = request.app.state.services
     return services
 

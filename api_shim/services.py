@@ -76,6 +76,9 @@ def open_services(
         connect_timeout=DATABASE_CONNECT_TIMEOUT_SECONDS,
         pool_timeout=DATABASE_POOL_WAIT_SECONDS,
         statement_timeout_ms=DATABASE_STATEMENT_TIMEOUT_MS,
+        # a round trip per checkout would double the writer's; after a database restart
+        # the first failing statement invalidates the pool and that request answers 503
+        pre_ping=False,
     )
     sync_redis = redis.Redis.from_url(
         settings.redis_url,

@@ -7,6 +7,7 @@ import binascii
 import json
 import logging
 import re
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Annotated, Any, cast
 
@@ -46,9 +47,13 @@ def _body_schema(model: type[JobIn] | type[BatchIn]) -> dict[str, Any]:
 
 
 def _count(services: ApiServices, accepted: Accepted) -> None:
-    for job, replayed in zip(accepted.jobs, accepted.replayed, strict=True):
-        if not replayed:
-            services.metrics.count_enqueued(job["task"], job["queue"])
+    new = Counter(
+        (job["task"], job["queue"])
+        for job, replayed in zip(accepted.jobs, accepted.replayed, strict=True)
+        if not replayed
+    )
+    for (task, queue), jobs in new.items():
+        services.metrics.count_enqueued(task, queue, jobs)
 
 
 def _conflict(outcome: Conflict, *, batch: bool) -> errors.ApiError:

@@ -10,8 +10,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, bindparam, select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from workers.ledger.models import JobStatus
@@ -35,9 +35,55 @@ def insert_new_jobs(connection: Connection, rows: Sequence[Mapping[str, Any]]) -
     """
     if not rows:
         return set()
-    insert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
-    statement = insert(JOBS).on_conflict_do_nothing().returning(JOBS.c.id)
+    if connection.dialect.name == "postgresql":
+        return _insert_with_arrays(connection, rows)
+    statement = sqlite_insert(JOBS).on_conflict_do_nothing().returning(JOBS.c.id)
     return set(connection.scalars(statement, list(rows)))
+
+
+# One short statement whatever the number of rows: each column travels as one array. A
+# multi-row VALUES list is a new, long statement per batch size, which psycopg parses again
+# on every execution and PostgreSQL never prepares.
+_ARRAY_TYPES = {
+    "id": "text",
+    "client_id": "text",
+    "task": "text",
+    "queue": "text",
+    "status": "text",
+    "args": "jsonb",
+    "priority": "text",
+    "attempts": "int",
+    "max_attempts": "int",
+    "retry_generation": "int",
+    "attempt_base": "int",
+    "idempotency_key": "text",
+    "request_fingerprint": "text",
+    "request_id": "text",
+    "created_at": "timestamptz",
+    "updated_at": "timestamptz",
+    "scheduled_for": "timestamptz",
+    "publish_after": "timestamptz",
+}
+_COLUMN_LIST = ", ".join(_ARRAY_TYPES)
+_ARRAY_PARAMETERS = ", ".join(f"%({c})s::{t}[]" for c, t in _ARRAY_TYPES.items())
+# built once from the constant column table above; values travel as parameters
+_INSERT_ARRAYS = " ".join(
+    (
+        f"INSERT INTO jobs ({_COLUMN_LIST})",
+        f"SELECT * FROM unnest({_ARRAY_PARAMETERS})",  # noqa: S608 - constant
+        "ON CONFLICT DO NOTHING RETURNING id",
+    )
+)
+
+
+def _insert_with_arrays(connection: Connection, rows: Sequence[Mapping[str, Any]]) -> set[str]:
+    columns: dict[str, list[Any]] = {name: [] for name in _ARRAY_TYPES}
+    for row in rows:
+        for name, values in columns.items():
+            values.append(row[name])
+    columns["args"] = [Jsonb(value) for value in columns["args"]]
+    result = connection.exec_driver_sql(_INSERT_ARRAYS, columns)
+    return {row[0] for row in result}
 
 
 def jobs_by_idempotency_key(
@@ -61,6 +107,13 @@ def delete_jobs(connection: Connection, job_ids: Sequence[str]) -> None:
 
 def mark_published(connection: Connection, job_ids: Sequence[str], now: datetime) -> None:
     """The broker has these jobs' messages: take them out of the outbox."""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(
+            "UPDATE jobs SET publish_after = NULL, published_at = %(now)s "
+            "WHERE id = ANY(%(ids)s::text[])",
+            {"now": now, "ids": list(job_ids)},
+        )
+        return
     for chunk in _chunks(job_ids):
         connection.execute(
             JOBS.update().where(JOBS.c.id.in_(chunk)).values(publish_after=None, published_at=now)
