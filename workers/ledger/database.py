@@ -48,9 +48,16 @@ def create_ledger_engine(
         )
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    connect_args: dict[str, Any] = {"connect_timeout": max(1, int(connect_timeout))}
+    # psycopg prepares a statement after a few runs, and PostgreSQL may then keep a generic
+    # plan made while the jobs table was small: a sequential scan that every claim and
+    # update keeps using as the table grows. Custom plans are re-made from current sizes.
+    options = ["-c plan_cache_mode=force_custom_plan"]
     if statement_timeout_ms is not None:
-        connect_args["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
+        options.append(f"-c statement_timeout={int(statement_timeout_ms)}")
+    connect_args: dict[str, Any] = {
+        "connect_timeout": max(1, int(connect_timeout)),
+        "options": " ".join(options),
+    }
     return create_engine(
         url,
         pool_size=pool_size,
