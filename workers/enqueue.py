@@ -100,6 +100,14 @@ class Accepted:
 
 
 @dataclass(frozen=True)
+class Recorded:
+    """What one round recorded: each submission's answer, and the job ids published."""
+
+    answers: list[Accepted | Conflict]
+    published: list[str]
+
+
+@dataclass(frozen=True)
 class Conflict:
     """Job ``index`` reuses an idempotency key with a different request."""
 
@@ -124,11 +132,23 @@ class Enqueuer:
         self._grace = relay_grace
 
     def enqueue(self, submissions: Sequence[Submission]) -> list[Accepted | Conflict]:
-        """Record every submission in one transaction, then publish the jobs due now.
+        """Record every submission in one transaction, publish the jobs due now, mark them.
 
         Raises the database's error if the ledger cannot be written (nothing is recorded
         then). A broker failure is logged, not raised: the jobs are recorded, and the
         relay publishes them once Redis answers again.
+        """
+        recorded = self.record_and_publish(submissions)
+        self.mark_published(recorded.published)
+        return recorded.answers
+
+    def record_and_publish(
+        self, submissions: Sequence[Submission], *, marks: Sequence[str] = ()
+    ) -> Recorded:
+        """Record and publish, leaving the published jobs to be marked by the caller.
+
+        ``marks`` are jobs published earlier and not yet marked; they are marked in the
+        same transaction, which saves a commit per round under load.
         """
         now = self._clock()
         rows: list[dict[str, Any]] = []
@@ -139,6 +159,8 @@ class Enqueuer:
         # each other's unique-index entries in the same order instead of deadlocking
         ordered = sorted(rows, key=lambda r: (r["client_id"], r["idempotency_key"] or ""))
         with self._engine.begin() as connection:
+            if marks:
+                outbox.mark_published(connection, marks, now)
             inserted = outbox.insert_new_jobs(connection, ordered)
             answers = [
                 self._settle(connection, submission, inserted, rows_by_id)
@@ -151,16 +173,24 @@ class Enqueuer:
             for job, replayed in zip(submission.jobs, answer.replayed, strict=True)
             if not replayed and self._due_now(job, now)
         ]
-        self.publish_recorded(due)
-        return answers
+        return Recorded(answers, self.publish(due))
 
     def publish_recorded(self, dispatches: Sequence[Dispatch]) -> bool:
         """Publish jobs already in the ledger and take them out of the outbox.
 
         ``False`` when Redis refused them; they stay in the outbox for the relay.
         """
+        published = self.publish(dispatches)
+        self.mark_published(published)
+        return len(published) == len(dispatches)
+
+    def publish(self, dispatches: Sequence[Dispatch]) -> list[str]:
+        """Push recorded jobs to Redis; the ids published (none if Redis refused them).
+
+        Refused jobs are made due for the relay at once.
+        """
         if not dispatches:
-            return True
+            return []
         try:
             self._publisher.publish(dispatches)
         except redis.RedisError as error:
@@ -170,14 +200,19 @@ class Enqueuer:
                 extra={"reason": str(error)},
             )
             self._due_for_relay_now(dispatches)
-            return False
+            return []
+        return [d.job_id for d in dispatches]
+
+    def mark_published(self, job_ids: Sequence[str]) -> None:
+        """Take published jobs out of the outbox (a failure only means a later duplicate)."""
+        if not job_ids:
+            return
         try:
             with self._engine.begin() as connection:
-                outbox.mark_published(connection, [d.job_id for d in dispatches], self._clock())
+                outbox.mark_published(connection, job_ids, self._clock())
         except Exception:
             # the messages are out; the relay will publish them again, which is harmless
-            logger.exception("could not mark %d published jobs", len(dispatches))
-        return True
+            logger.exception("could not mark %d published jobs", len(job_ids))
 
     def _due_for_relay_now(self, dispatches: Sequence[Dispatch]) -> None:
         # the relay need not wait out the grace period: these jobs are known unpublished

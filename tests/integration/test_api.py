@@ -451,3 +451,22 @@ def test_the_rate_limit_is_exact_at_the_boundary(limited_api: ApiServer) -> None
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
     assert refused.headers["RateLimit-Remaining"] == "0"
     assert health.status_code == 200  # probes are not rate limited
+
+
+def test_a_published_job_leaves_the_outbox(api: ApiServer, ledger_engine: Engine) -> None:
+    with api.client() as client:
+        job = client.post("/v1/jobs", json={"task": "diagnostics.echo", "args": {"value": 1}})
+    job_id = job.json()["id"]
+
+    def marked() -> tuple[object, object] | None:
+        with ledger_engine.connect() as connection:
+            row = connection.execute(
+                text("SELECT publish_after, published_at FROM jobs WHERE id = :id"),
+                {"id": job_id},
+            ).one()
+        return (row[0], row[1]) if row[1] is not None else None
+
+    publish_after, published_at = wait_for(marked, timeout=5, what="the job to be marked")
+    # marked well inside the relay's grace period, so the relay never publishes it again
+    assert publish_after is None
+    assert published_at is not None
