@@ -39,6 +39,7 @@ chaos: $(STAMP) ## tests that kill and restart workers
 
 bench: $(STAMP) ## benchmarks against plain Celery in the same run (figures in bench/RESULTS.md)
 	$(BIN)/python bench/worker_drain.py --jobs 1000 --sleep 0.5 --concurrency 500
+	$(BIN)/python bench/enqueue.py --duration 10
 
 demo: $(STAMP) ## run the main job on embedded defaults
 	@echo "conveyor demo is not available yet: it arrives with the one-command dev stack."
