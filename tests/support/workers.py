@@ -14,31 +14,16 @@ from pathlib import Path
 from celery import Celery
 
 from tests.support.polling import wait_for
+from tests.support.processes import ServiceProcess
 
 CONVEYOR = str(Path(sys.executable).with_name("conveyor"))
 
 
 @dataclass
-class WorkerProcess:
-    """A running worker: its process, node name and log file."""
+class WorkerProcess(ServiceProcess):
+    """A running worker: its process, log file and node name."""
 
-    process: subprocess.Popen[bytes]
-    node: str
-    log_path: Path
-
-    def log(self) -> str:
-        """Everything the worker has written so far."""
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 60) -> int:
-        """Send ``sig`` and wait for the process to exit; its exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(10)
+    node: str = ""
 
 
 def worker_environment(**settings: str) -> dict[str, str]:
@@ -62,7 +47,7 @@ def start_worker(
         start_new_session=True,
     )
     log.close()
-    return WorkerProcess(process, node, log_path)
+    return WorkerProcess(process, log_path, node)
 
 
 def wait_until_ready(client: Celery, worker: WorkerProcess, timeout: float = 60) -> None:
