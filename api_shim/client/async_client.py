@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from datetime import datetime
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
 from api_shim.client.blob_streams import AsyncBlobStream
 from api_shim.client.calls import _Call
 from api_shim.client.client_base import _ClientBase
+from api_shim.client.closing import AsyncClosesOnExit
 from api_shim.client.errors import _connection_error, _error_from
 from api_shim.client.models import Blob, Job, JobPage, JobSpec, JobStatus, Priority, Stats, TaskInfo
 from api_shim.client.retrying import _Poll
@@ -21,7 +21,7 @@ from api_shim.client.upload_body import CHUNK_SIZE, AsyncBlobData
 T = TypeVar("T")
 
 
-class AsyncConveyorClient(_ClientBase):
+class AsyncConveyorClient(_ClientBase, AsyncClosesOnExit):
     """The asyncio twin of :class:`ConveyorClient`; close it, or use ``async with``."""
 
     def __init__(
@@ -44,17 +44,6 @@ class AsyncConveyorClient(_ClientBase):
     async def aclose(self) -> None:
         """Close the connections."""
         await self._http.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        _type: type[BaseException] | None,
-        _value: BaseException | None,
-        _tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # -- transport
 

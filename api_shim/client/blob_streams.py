@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
-from types import TracebackType
 from typing import Self
 
 import httpx
 
+from api_shim.client.closing import AsyncClosesOnExit, ClosesOnExit
 from api_shim.client.errors import ConveyorConnectionError, ConveyorError
 from api_shim.client.models import Blob
 
@@ -41,7 +41,7 @@ def _content_length(response: httpx.Response) -> int | None:
     return int(value) if value is not None and value.isdigit() else None
 
 
-class BlobStream(Iterator[bytes]):
+class BlobStream(Iterator[bytes], ClosesOnExit):
     """A blob's bytes as they arrive; closes its response when exhausted or closed.
 
     Use it as a context manager (or exhaust it) so that the connection is released. At the
@@ -76,19 +76,8 @@ class BlobStream(Iterator[bytes]):
             self._chunks.close()
         self._response.close()
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(
-        self,
-        _type: type[BaseException] | None,
-        _value: BaseException | None,
-        _tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class AsyncBlobStream(AsyncIterator[bytes]):
+class AsyncBlobStream(AsyncIterator[bytes], AsyncClosesOnExit):
     """:class:`BlobStream` for the async client (``async for`` / ``async with``)."""
 
     def __init__(self, response: httpx.Response, blob: Blob | str, chunk_size: int) -> None:
@@ -118,14 +107,3 @@ class AsyncBlobStream(AsyncIterator[bytes]):
         if isinstance(self._chunks, AsyncGenerator):
             await self._chunks.aclose()
         await self._response.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        _type: type[BaseException] | None,
-        _value: BaseException | None,
-        _tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Generator, Iterable, Mapping
 from datetime import datetime
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
 from api_shim.client.blob_streams import BlobStream
 from api_shim.client.calls import _Call
 from api_shim.client.client_base import _ClientBase
+from api_shim.client.closing import ClosesOnExit
 from api_shim.client.errors import _connection_error, _error_from
 from api_shim.client.models import Blob, Job, JobPage, JobSpec, JobStatus, Priority, Stats, TaskInfo
 from api_shim.client.retrying import _Poll
@@ -21,7 +21,7 @@ from api_shim.client.upload_body import CHUNK_SIZE, BlobData
 T = TypeVar("T")
 
 
-class ConveyorClient(_ClientBase):
+class ConveyorClient(_ClientBase, ClosesOnExit):
     """A blocking client of the Conveyor API; close it, or use it in a ``with`` block."""
 
     def __init__(
@@ -44,17 +44,6 @@ class ConveyorClient(_ClientBase):
     def close(self) -> None:
         """Close the connections."""
         self._http.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        _type: type[BaseException] | None,
-        _value: BaseException | None,
-        _tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- transport
 

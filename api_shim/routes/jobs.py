@@ -13,6 +13,7 @@ from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api_shim import errors
@@ -116,7 +117,7 @@ async def create_jobs(request: Request, client_id: Client, services: Services) -
     return _json({"jobs": jobs_documents(outcome.jobs)}, 202)
 
 
-def _owned_job(services: ApiServices, session: Any, job_id: str, client_id: str) -> Job:
+def _owned_job(session: Session, job_id: str, client_id: str) -> Job:
     job = repository.get_job(session, job_id)
     if job is None:
         raise errors.not_found(f"no job {job_id}")
@@ -138,7 +139,7 @@ async def get_job(job_id: JobId, client_id: Client, services: Services) -> Respo
 
     def read() -> dict[str, Any]:
         with session_scope(services.sessions) as session:
-            return job_with_history(_owned_job(services, session, job_id, client_id))
+            return job_with_history(_owned_job(session, job_id, client_id))
 
     return _json(await run_in_threadpool(read), 200)
 
@@ -195,7 +196,7 @@ async def cancel_job(job_id: JobId, client_id: Client, services: Services) -> Re
     def cancel() -> dict[str, Any]:
         now = datetime.now(UTC)
         with session_scope(services.sessions) as session:
-            before = _owned_job(services, session, job_id, client_id).status
+            before = _owned_job(session, job_id, client_id).status
             job = repository.cancel_job(session, job_id, now=now)
             assert job is not None  # noqa: S101 - it was just read under the same lock
             if JobStatus(before).finished or job.status != JobStatus.CANCELLED.value:
@@ -220,7 +221,7 @@ async def retry_job(job_id: JobId, client_id: Client, services: Services) -> Res
     def replay() -> tuple[dict[str, Any], Dispatch]:
         now = datetime.now(UTC)
         with session_scope(services.sessions) as session:
-            before = _owned_job(services, session, job_id, client_id).status
+            before = _owned_job(session, job_id, client_id).status
             job = repository.replay_job(session, job_id, now=now)
             assert job is not None  # noqa: S101 - it was just read under the same lock
             if before not in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
