@@ -25,9 +25,11 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from tasks.catalog import TaskSpec
 from tasks.errors import InvalidArgumentsError, PoisonJobError
 from tasks.retry_policy import DEPENDENCY, POISON_AFTER_LOST_ATTEMPTS, UNEXPECTED, policy_for
+from workers.blob_store import BlobStore
 from workers.ledger import repository as ledger
 from workers.ledger.models import JobStatus
 from workers.ledger.repository import AttemptStart, ErrorInfo, NewJob, Runner, Verdict
+from workers.process_resources import ProcessResources
 from workers.runtime import WorkerRuntime, runtime_of
 from workers.settings import Settings
 from workers.structured_logging import log_context
@@ -54,6 +56,8 @@ class JobContext:
     pid: int
     settings: Settings
     database: Engine
+    blobs: BlobStore
+    resources: ProcessResources
 
 
 Implementation = Callable[[JobContext, Any], JsonValue]
@@ -305,6 +309,8 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
             pid=runner.pid,
             settings=runtime.settings,
             database=runtime.engine,
+            blobs=runtime.blobs,
+            resources=runtime.resources,
         )
 
     def _warn_on_pool_mismatch(self, runtime: WorkerRuntime) -> None:

@@ -11,11 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tasks.arguments import (
+    DigestArguments,
     EchoArguments,
     FailArguments,
+    FetchArguments,
     SpinArguments,
     SqlSleepArguments,
     TaskArguments,
+    ThumbnailArguments,
+    WebhookArguments,
 )
 from tasks.retry_policy import RetryPolicy, max_attempts
 
@@ -51,6 +55,53 @@ class TaskSpec:
         """The JSON Schema of the task's arguments."""
         return self.arguments.model_json_schema()
 
+
+#: The tasks every deployment offers.
+CORE: tuple[TaskSpec, ...] = (
+    TaskSpec(
+        name="webhooks.deliver",
+        kind="io",
+        description=(
+            "POST a JSON payload to a URL, signed with HMAC-SHA256 "
+            "(X-Conveyor-Signature: v1=...); 2xx succeeds, 408/425/429/5xx and network "
+            "errors retry, other answers fail at once."
+        ),
+        arguments=WebhookArguments,
+        module="tasks.io.webhooks",
+        soft_time_limit=150,
+        time_limit=180,
+    ),
+    TaskSpec(
+        name="http.fetch",
+        kind="io",
+        description="Download a URL into the blob store, streamed, refusing more than max_bytes.",
+        arguments=FetchArguments,
+        module="tasks.io.http_fetch",
+        soft_time_limit=240,
+        time_limit=270,
+    ),
+    TaskSpec(
+        name="files.digest",
+        kind="cpu",
+        description="Hash a blob with several algorithms in one streaming pass.",
+        arguments=DigestArguments,
+        module="tasks.cpu.digests",
+        soft_time_limit=240,
+        time_limit=270,
+    ),
+    TaskSpec(
+        name="images.thumbnail",
+        kind="cpu",
+        description=(
+            "Fit an image blob into each [width, height] box (aspect ratio kept, EXIF "
+            "orientation applied) and store the thumbnails as blobs."
+        ),
+        arguments=ThumbnailArguments,
+        module="tasks.cpu.thumbnails",
+        soft_time_limit=120,
+        time_limit=150,
+    ),
+)
 
 DIAGNOSTICS: tuple[TaskSpec, ...] = (
     TaskSpec(
@@ -93,7 +144,7 @@ DIAGNOSTICS: tuple[TaskSpec, ...] = (
 
 
 #: Every task Conveyor can declare, whether or not a deployment offers it.
-ALL_SPECS: Mapping[str, TaskSpec] = {spec.name: spec for spec in DIAGNOSTICS}
+ALL_SPECS: Mapping[str, TaskSpec] = {spec.name: spec for spec in CORE + DIAGNOSTICS}
 
 
 class Catalog(Mapping[str, TaskSpec]):
@@ -122,7 +173,7 @@ class Catalog(Mapping[str, TaskSpec]):
 
 def build_catalog(*, diagnostics: bool) -> Catalog:
     """The catalog for a deployment; ``diagnostics.*`` only when enabled."""
-    specs: tuple[TaskSpec, ...] = ()
+    specs = CORE
     if diagnostics:
         specs += DIAGNOSTICS
     return Catalog(specs)

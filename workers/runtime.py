@@ -17,9 +17,11 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from tasks.catalog import Catalog
+from workers.blob_store import BlobStore
 from workers.broker import Publisher
 from workers.enqueue import Enqueuer
 from workers.ledger.database import create_ledger_engine
+from workers.process_resources import ProcessResources
 from workers.settings import Settings
 
 # connections a prefork child needs: one task at a time, plus one the task may hold itself
@@ -42,6 +44,8 @@ class WorkerRuntime:
         self.pool = "unknown"
         self.concurrency = 1
         self.rng = random.Random()  # noqa: S311 - jitter, not secrets
+        self.blobs = BlobStore(settings.storage_dir)
+        self.resources = ProcessResources(settings)
         self._engine: Engine | None = None
         self._pid: int | None = None
         self._enqueuer: Enqueuer | None = None
@@ -105,7 +109,8 @@ class WorkerRuntime:
         self._redis = None
 
     def close(self) -> None:
-        """Close this process's database and Redis connections."""
+        """Close this process's database and Redis connections and shared resources."""
+        self.resources.close()
         if self._engine is not None and self._pid == os.getpid():
             self._engine.dispose()
             if self._redis is not None:

@@ -42,9 +42,12 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def worker_settings(redis_url: str, postgres_url: str) -> dict[str, str]:
+def worker_settings(
+    redis_url: str, postgres_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
     """The CONVEYOR_* settings every worker of this test process runs with."""
     return {
+        "storage_dir": str(tmp_path_factory.mktemp("blobs")),
         "env": "test",
         "redis_url": redis_url,
         "database_url": postgres_url,
@@ -92,12 +95,11 @@ def stack(
 
 
 @pytest.fixture(scope="session")
-def api_env(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The environment of the API processes: the workers' settings, keys and a blob store."""
+def api_env(stack: Stack) -> dict[str, str]:
+    """The environment of the API processes: the workers' settings (blob store included)."""
     return {
         **stack.env,
         "CONVEYOR_API_KEYS": API_KEYS,
-        "CONVEYOR_STORAGE_DIR": str(tmp_path_factory.mktemp("blobs")),
         "CONVEYOR_RATE_LIMIT": "100000/second",
     }
 

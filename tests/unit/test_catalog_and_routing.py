@@ -30,8 +30,19 @@ def test_the_router_sends_each_catalog_task_to_its_kind_and_ignores_others() -> 
 
 
 def test_diagnostics_leave_the_catalog_when_disabled() -> None:
-    assert set(build_catalog(diagnostics=True)) == {spec.name for spec in DIAGNOSTICS}
-    assert "diagnostics.echo" not in build_catalog(diagnostics=False)
+    core = {"webhooks.deliver", "http.fetch", "files.digest", "images.thumbnail"}
+
+    assert set(build_catalog(diagnostics=True)) == core | {spec.name for spec in DIAGNOSTICS}
+    assert set(build_catalog(diagnostics=False)) == core
+
+
+def test_the_catalog_tasks_sit_in_the_queue_of_their_pool() -> None:
+    router = KindRouter(build_catalog(diagnostics=False))
+
+    assert router("webhooks.deliver", (), {}, {}) == {"queue": "io"}
+    assert router("http.fetch", (), {}, {}) == {"queue": "io"}
+    assert router("files.digest", (), {}, {}) == {"queue": "cpu"}
+    assert router("images.thumbnail", (), {}, {}) == {"queue": "cpu"}
 
 
 def test_the_app_speaks_json_only_and_acknowledges_late() -> None:

@@ -1,0 +1,152 @@
+"""Outgoing HTTP shared by the HTTP tasks: the guarded client, status verdicts, errors.
+
+One client per worker process keeps connections alive across jobs; every new connection
+goes through the SSRF guard (``tasks.network_guard``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from importlib import metadata
+from urllib.parse import urlsplit
+
+import httpcore
+import httpx
+
+from tasks.errors import PermanentError, RateLimitedError, TransientError
+from tasks.network_guard import AddressGuard, GuardedNetworkBackend
+from workers.settings import Settings
+
+#: Answers that mean "try again later"; every other non-2xx answer is final.
+RETRYABLE_STATUSES = frozenset({408, 425, 429, *range(500, 600)})
+#: Answers whose ``Retry-After`` is honoured.
+HINTING_STATUSES = frozenset({429, 503})
+# a Retry-After beyond a day is a misconfigured server, not a plan
+_LONGEST_HINT = 86_400.0
+
+
+def _version() -> str:
+    try:
+        return metadata.version("conveyor")
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+USER_AGENT = f"conveyor/{_version()}"
+
+
+class GuardedTransport(httpx.HTTPTransport):
+    """httpx's transport, opening connections only through the guard's network backend."""
+
+    def __init__(self, guard: AddressGuard, limits: httpx.Limits) -> None:
+        super().__init__(limits=limits)
+        # httpx has no public knob for the network backend; the pool is rebuilt with the
+        # same settings and the guarded backend (tests/unit/test_network_guard.py proves
+        # the guard is on the path)
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            http1=True,
+            http2=False,
+            network_backend=GuardedNetworkBackend(guard),
+        )
+
+
+def guarded_client(*, allow_private: bool, keepalive: int) -> httpx.Client:
+    """An HTTP client that follows no redirect, ignores proxy variables and is guarded."""
+    limits = httpx.Limits(
+        max_connections=None,  # bounded by the pool's concurrency instead
+        max_keepalive_connections=keepalive,
+        keepalive_expiry=30.0,
+    )
+    return httpx.Client(
+        transport=GuardedTransport(AddressGuard(allow_private=allow_private), limits),
+        follow_redirects=False,
+        trust_env=False,  # HTTP(S)_PROXY would send requests around the guard
+        headers={"User-Agent": USER_AGENT},
+        timeout=httpx.Timeout(10.0),
+    )
+
+
+@contextlib.contextmanager
+def open_http_client(settings: Settings) -> Iterator[httpx.Client]:
+    """The worker process's outgoing HTTP client (a ``ProcessResources`` factory)."""
+    client = guarded_client(
+        allow_private=bool(settings.allow_private_networks),
+        keepalive=min(settings.io_concurrency, 1000),
+    )
+    with client:
+        yield client
+
+
+def describe_url(url: str | httpx.URL) -> str:
+    """``url`` without its query and fragment, which may carry tokens: safe to log."""
+    parts = urlsplit(str(url))
+    query = "?…" if parts.query else ""
+    return f"{parts.scheme}://{parts.netloc}{parts.path}{query}"
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta or HTTP date), or ``None``."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), _LONGEST_HINT)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return min(max(0.0, seconds), _LONGEST_HINT)
+
+
+def raise_for_status(response: httpx.Response, url: str) -> None:
+    """Nothing for a 2xx answer; otherwise the error the retry-policy table should judge."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    message = f"{describe_url(url)} answered {status} {response.reason_phrase}".rstrip()
+    if status in HINTING_STATUSES:
+        hint = retry_after_seconds(response.headers.get("Retry-After"))
+        if hint is not None:
+            raise RateLimitedError(f"{message}; Retry-After {hint:g} s", retry_after=hint)
+    if status in RETRYABLE_STATUSES:
+        raise TransientError(message)
+    if 300 <= status < 400:
+        location = response.headers.get("Location")
+        where = f" to {describe_url(location)}" if location else ""
+        raise PermanentError(f"{message}: a redirect{where}, which is not followed")
+    raise PermanentError(message)
+
+
+@contextlib.contextmanager
+def network_errors_as_transient(url: str) -> Iterator[None]:
+    """Turn httpx's timeouts and transport errors into ``TransientError``."""
+    try:
+        yield
+    except httpx.TimeoutException as error:
+        raise TransientError(f"{describe_url(url)}: timed out ({type(error).__name__})") from None
+    except httpx.TransportError as error:
+        detail = str(error) or type(error).__name__
+        raise TransientError(f"{describe_url(url)}: {detail}") from None
+
+
+def drain(response: httpx.Response, *, limit: int, deadline: float) -> int:
+    """Read and drop up to ``limit`` bytes of the body; ``TransientError`` past ``deadline``."""
+    received = 0
+    for chunk in response.iter_raw():
+        received += len(chunk)
+        if time.monotonic() > deadline:
+            raise TransientError("the response body did not arrive within the timeout")
+        if received >= limit:
+            break
+    return received
