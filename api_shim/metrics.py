@@ -1,4 +1,4 @@
-"""The API's Prometheus metrics: requests, enqueued jobs and queue depths.
+"""The API's Prometheus metrics: requests, enqueued jobs, queue depths and pool fitness.
 
 With several uvicorn workers, ``conveyor api`` points ``PROMETHEUS_MULTIPROC_DIR`` at a
 fresh directory so that every process's counters add up in one scrape.
@@ -17,8 +17,10 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from workers.pool_fitness import FitnessCount
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -36,6 +38,40 @@ class QueueDepthCollector(Collector):
         for queue, depth in sorted(self._read_depths().items()):
             family.add_metric([queue], depth)
         yield family
+
+
+_FITNESS_FAMILIES = {
+    "hub_blocked": (
+        "conveyor_hub_blocked",
+        "Times a task kept a gevent worker's event loop busy past the threshold",
+    ),
+    "hub_blocked_seconds": (
+        "conveyor_hub_blocked_seconds",
+        "Seconds tasks kept gevent workers' event loops busy",
+    ),
+    "pool_mismatch": (
+        "conveyor_pool_mismatch",
+        "Task runs in a pool their kind does not want (io task in prefork, cpu in gevent)",
+    ),
+}
+
+
+class PoolFitnessCollector(Collector):
+    """``conveyor_hub_blocked_total{task}`` and friends, read from Redis at scrape time."""
+
+    def __init__(self, read_fitness: Callable[[], list[FitnessCount]]) -> None:
+        self._read_fitness = read_fitness
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        families = {
+            metric: CounterMetricFamily(name, text, labels=["task", "pool"])
+            for metric, (name, text) in _FITNESS_FAMILIES.items()
+        }
+        for count in self._read_fitness():
+            family = families.get(count.metric)
+            if family is not None:
+                family.add_metric([count.task, count.pool], count.value)
+        yield from families.values()
 
 
 class ApiMetrics:
@@ -74,8 +110,12 @@ class ApiMetrics:
         """Count jobs newly recorded for ``task``."""
         self.jobs_enqueued.labels(task, queue).inc(jobs)
 
-    def scrape(self, read_depths: Callable[[], dict[str, int]]) -> bytes:
-        """The Prometheus text exposition of every metric, queue depths read now."""
+    def scrape(
+        self,
+        read_depths: Callable[[], dict[str, int]],
+        read_fitness: Callable[[], list[FitnessCount]],
+    ) -> bytes:
+        """The Prometheus text exposition of every metric, Redis-held ones read now."""
         registry = CollectorRegistry()
         if self.multiprocess:
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
@@ -84,4 +124,5 @@ class ApiMetrics:
             for collector in (self.http_requests, self.http_duration, self.jobs_enqueued):
                 registry.register(collector)
         registry.register(QueueDepthCollector(read_depths))
+        registry.register(PoolFitnessCollector(read_fitness))
         return generate_latest(registry)

@@ -24,6 +24,7 @@ from workers.blob_store import BlobStore
 from workers.broker import Publisher, queue_depths
 from workers.enqueue import Enqueuer
 from workers.ledger.database import create_ledger_engine, create_session_factory
+from workers.pool_fitness import FitnessCount, read_fitness
 from workers.settings import Settings
 
 # every outside call of a request is bounded, so a stuck dependency answers 503, not a hang
@@ -55,6 +56,10 @@ class ApiServices:
     def queue_depths(self) -> dict[str, int]:
         """Messages waiting per queue (blocking; for the metrics scrape)."""
         return queue_depths(self.redis)
+
+    def pool_fitness(self) -> list[FitnessCount]:
+        """The workers' pool-fitness counters (blocking; for the metrics scrape)."""
+        return list(read_fitness(self.redis))
 
 
 def _ensure_sqlite_directory(url: str) -> None:

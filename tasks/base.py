@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
+import redis
 from celery import Task
 from celery.exceptions import Ignore, Reject
 from pydantic import JsonValue, ValidationError
@@ -29,6 +30,7 @@ from workers.blob_store import BlobStore
 from workers.ledger import repository as ledger
 from workers.ledger.models import JobStatus
 from workers.ledger.repository import AttemptStart, ErrorInfo, NewJob, Runner, Verdict
+from workers.pool_fitness import record_pool_mismatch
 from workers.process_resources import ProcessResources
 from workers.runtime import WorkerRuntime, runtime_of
 from workers.settings import Settings
@@ -101,7 +103,10 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
                 start = self._begin(runtime, job_id, kwargs, int(request.retries or 0))
             except LEDGER_UNAVAILABLE as error:
                 raise self._defer_while_ledger_is_down(runtime, error) from error
-            with log_context(request_id=start.request_id, attempt=start.attempt):
+            with (
+                log_context(request_id=start.request_id, attempt=start.attempt),
+                runtime.running_tasks.running(self.name, job_id),
+            ):
                 return self._run_attempt(runtime, job_id, start, args, kwargs)
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
@@ -317,12 +322,16 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
         expected = {"io": "gevent", "cpu": "prefork"}[self.spec.kind]
         if runtime.pool in ("gevent", "prefork") and runtime.pool != expected:
             logger.warning(
-                "%s task running in a %s pool; its kind wants %s",
+                "%s task running in a %s pool; its kind wants %s (sent to the wrong queue?)",
                 self.spec.kind,
                 runtime.pool,
                 expected,
                 extra={"pool": runtime.pool, "kind": self.spec.kind},
             )
+            try:
+                record_pool_mismatch(runtime.redis_client, self.name, runtime.pool)
+            except redis.RedisError as error:
+                logger.warning("pool-fitness counter not recorded: %s", error)
 
 
 def _explain(error: ValidationError) -> str:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from celery import signals
 from celery.concurrency import get_implementation
 from kombu import Exchange, Queue
 
 from tasks.catalog import KINDS, Catalog, build_catalog
+from workers.hub_monitor import HubBlock, HubBlockMonitor
+from workers.pool_fitness import record_hub_block
 from workers.relay import register_relay
 from workers.runtime import ConveyorCelery, WorkerRuntime, pool_name_of
 from workers.settings import Settings, SettingsError
-from workers.structured_logging import configure_logging
+from workers.structured_logging import configure_logging, log_context
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +122,29 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> ConveyorCe
     return app
 
 
+def watch_event_loop(runtime: WorkerRuntime) -> None:
+    """Report every task that keeps this gevent worker's event loop from running."""
+    fitness_logger = logging.getLogger("conveyor.pool_fitness")
+
+    def report(block: HubBlock) -> None:
+        with log_context(job_id=block.job_id or None, task_id=block.job_id or None):
+            fitness_logger.warning(
+                "%s blocked the gevent event loop for %.2f s; CPU-bound work belongs in a "
+                "cpu task (prefork pool)",
+                block.task,
+                block.seconds,
+                extra={"task": block.task, "blocked_seconds": block.seconds, "pool": "gevent"},
+            )
+        try:
+            record_hub_block(runtime.redis_client, block.task, block.seconds)
+        except redis.RedisError as error:
+            fitness_logger.warning("pool-fitness counter not recorded: %s", error)
+
+    threshold = runtime.settings.hub_block_threshold
+    HubBlockMonitor(runtime.running_tasks, threshold, report).start()
+    logger.info("watching the event loop", extra={"threshold_seconds": threshold})
+
+
 def _connect_worker_signals(app: ConveyorCelery) -> None:
     runtime = app.runtime
 
@@ -131,6 +157,8 @@ def _connect_worker_signals(app: ConveyorCelery) -> None:
             return
         pool = pool_name_of(get_implementation(sender.pool_cls))
         runtime.adopt_worker(pool, int(sender.concurrency or 1))
+        if pool == "gevent":
+            watch_event_loop(runtime)
         logger.info(
             "worker starting",
             extra={"pool": pool, "concurrency": runtime.concurrency},

@@ -20,6 +20,7 @@ from tasks.catalog import Catalog
 from workers.blob_store import BlobStore
 from workers.broker import Publisher
 from workers.enqueue import Enqueuer
+from workers.hub_monitor import RunningTasks
 from workers.ledger.database import create_ledger_engine
 from workers.process_resources import ProcessResources
 from workers.settings import Settings
@@ -46,6 +47,7 @@ class WorkerRuntime:
         self.rng = random.Random()  # noqa: S311 - jitter, not secrets
         self.blobs = BlobStore(settings.storage_dir)
         self.resources = ProcessResources(settings)
+        self.running_tasks = RunningTasks()
         self._engine: Engine | None = None
         self._pid: int | None = None
         self._enqueuer: Enqueuer | None = None
@@ -91,13 +93,21 @@ class WorkerRuntime:
     @property
     def enqueuer(self) -> Enqueuer:
         """Publishes ledger jobs (the outbox relay and replays), created on first use."""
+        return self._clients()[0]
+
+    @property
+    def redis_client(self) -> redis.Redis:
+        """This process's Redis client (the enqueuer's), created on first use."""
+        return self._clients()[1]
+
+    def _clients(self) -> tuple[Enqueuer, redis.Redis]:
         engine = self.engine  # first, so a forked child drops the parent's client below
-        if self._enqueuer is None:
+        if self._enqueuer is None or self._redis is None:
             self._redis = redis.Redis.from_url(
                 self.settings.redis_url, socket_connect_timeout=5, socket_timeout=30
             )
             self._enqueuer = Enqueuer(engine, Publisher(self._redis))
-        return self._enqueuer
+        return self._enqueuer, self._redis
 
     def reset_after_fork(self) -> None:
         """Forget the parent's engine; the child creates its own on first use."""

@@ -104,6 +104,8 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(default=3600, ge=10)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     diagnostics: bool | None = None
+    # extension: how long a task may hold a gevent worker's event loop before it is reported
+    hub_block_threshold: float = Field(default=0.1, ge=0.01, le=60.0)
 
     @field_validator("log_level", mode="before")
     @classmethod

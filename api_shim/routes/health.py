@@ -14,6 +14,7 @@ from api_shim.dependencies import Services
 from api_shim.metrics import CONTENT_TYPE
 from api_shim.rendering import dumps
 from api_shim.services import ApiServices
+from workers.pool_fitness import FitnessCount
 
 logger = logging.getLogger("api_shim")
 router = APIRouter(tags=["operations"])
@@ -62,7 +63,7 @@ async def readyz(services: Services) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(services: Services) -> Response:
-    """Prometheus text: requests, enqueued jobs and queue depths."""
+    """Prometheus text: requests, enqueued jobs, queue depths and pool fitness."""
 
     def depths() -> dict[str, int]:
         try:
@@ -71,5 +72,12 @@ async def metrics(services: Services) -> Response:
             logger.warning("metrics: queue depths unavailable")
             return {}
 
-    body = await run_in_threadpool(services.metrics.scrape, depths)
+    def fitness() -> list[FitnessCount]:
+        try:
+            return services.pool_fitness()
+        except Exception:  # noqa: BLE001 - a scrape without these beats no scrape
+            logger.warning("metrics: pool-fitness counters unavailable")
+            return []
+
+    body = await run_in_threadpool(services.metrics.scrape, depths, fitness)
     return Response(body, media_type=CONTENT_TYPE)
