@@ -9,6 +9,7 @@ import io
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,6 +196,21 @@ class BlobStore:
         if not path.is_file():
             raise BlobNotFoundError(f"no blob {blob_id}")
         return _chunks_of(path, blob_id, chunk_size)
+
+    def sweep_temporary(self, older_than: float, now: float | None = None) -> int:
+        """Remove temporary files untouched for ``older_than`` seconds; how many went.
+
+        A writer killed mid-blob (SIGKILL, OOM) leaves its temporary file behind; it
+        never reaches a final name, but it takes disk space until swept.
+        """
+        cutoff = (time.time() if now is None else now) - older_than
+        removed = 0
+        for path in (self.root / "tmp").glob("upload-*"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed
 
     @contextlib.contextmanager
     def open(self, blob_id: str) -> Iterator[BinaryIO]:

@@ -19,6 +19,8 @@ from workers.settings import Settings, SettingsError
 from workers.structured_logging import configure_logging, log_context
 
 logger = logging.getLogger(__name__)
+#: A temporary blob file untouched this long (seconds) belongs to a writer that died.
+TEMPORARY_BLOB_LIFETIME = 24 * 3600.0
 
 # connections kept beyond one per concurrent task: the consumer, events, heartbeats
 _CONNECTION_HEADROOM = 20
@@ -159,6 +161,9 @@ def _connect_worker_signals(app: ConveyorCelery) -> None:
         runtime.adopt_worker(pool, int(sender.concurrency or 1))
         if pool == "gevent":
             watch_event_loop(runtime)
+        swept = runtime.blobs.sweep_temporary(older_than=TEMPORARY_BLOB_LIFETIME)
+        if swept:
+            logger.info("removed %d abandoned temporary blob files", swept)
         logger.info(
             "worker starting",
             extra={"pool": pool, "concurrency": runtime.concurrency},

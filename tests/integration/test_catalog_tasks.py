@@ -17,14 +17,17 @@ from typing import Any
 
 import httpx
 import pytest
+from celery import Celery
 from PIL import Image
 
 from api_shim.client import ConveyorClient, Job
 from tasks.webhooks import verify_signature
-from tests.integration.conftest import RETRY_SCALE, Stack
+from tests.integration.conftest import RETRY_SCALE, Stack, plain_client
 from tests.support.api_server import ALICE, ApiServer
 from tests.support.polling import wait_for
 from tests.support.receiver import Answer, Receiver, running_receiver
+from tests.support.redis_server import private_redis
+from tests.support.workers import running_worker, worker_environment
 from workers.settings import DEV_WEBHOOK_SIGNING_SECRET
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
@@ -411,3 +414,46 @@ def test_metrics_endpoint_is_plain_prometheus_text(api: ApiServer) -> None:
         answer = http.get("/metrics")
     assert answer.status_code == 200
     assert "# TYPE conveyor_hub_blocked_total counter" in answer.text
+
+
+# --- the SSRF guard in a worker that may not reach private networks ----------------------------
+
+
+@pytest.fixture(scope="module")
+def guarded_stack(
+    worker_settings: dict[str, str], tmp_path_factory: pytest.TempPathFactory, stack: Stack
+) -> Iterator[tuple[Celery, Stack]]:
+    """An io worker with private networks disallowed, on a Redis of its own."""
+    directory = tmp_path_factory.mktemp("guarded")
+    with private_redis(directory) as broker:
+        settings = {**worker_settings, "redis_url": broker.url, "allow_private_networks": "false"}
+        client = plain_client(broker.url)
+        env = worker_environment(**settings)
+        with running_worker(client, "io", "guarded@test", directory / "io.log", env):
+            yield client, stack
+        client.close()
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "[::1]", "localhost", "127.1.2.3", "[::ffff:127.0.0.1]"]
+)
+def test_the_ssrf_guard_refuses_loopback_when_private_networks_are_disallowed(
+    guarded_stack: tuple[Celery, Stack], receiver: Receiver, host: str
+) -> None:
+    client, stack = guarded_stack
+    path = f"/ssrf/{host.strip('[]')}"
+    port = receiver.base_url.rsplit(":", 1)[1]
+    receiver.script(path, Answer(status=200))
+    url = f"http://{host}:{port}{path}"
+
+    deliver = client.send_task("webhooks.deliver", kwargs={"url": url, "payload": {}}, queue="io")
+    fetch = client.send_task("http.fetch", kwargs={"url": url}, queue="io")
+
+    for result in (deliver, fetch):
+        job = stack.ledger.wait_finished(result.id)
+        assert job.status == "failed"
+        assert job.attempts == 1
+        assert job.error is not None
+        assert job.error["type"] == "BlockedAddressError"
+        assert "private networks are not allowed" in job.error["message"]
+    assert receiver.requests_to(path) == []

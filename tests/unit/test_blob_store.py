@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import subprocess
 import sys
@@ -308,3 +309,21 @@ def test_a_64_mib_blob_streams_through_less_than_8_mib(store: BlobStore) -> None
     assert actual.hexdigest() == expected.hexdigest()
     assert write_peak < 8 * MIB
     assert read_peak < 8 * MIB
+
+
+def test_sweep_removes_only_abandoned_temporary_files(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    stored = store.store([b"kept"], max_bytes=100)
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    abandoned = tmp_path / "tmp" / "upload-abandoned"
+    abandoned.write_bytes(b"half a blob")
+    os.utime(abandoned, (1_000, 1_000))
+    fresh = tmp_path / "tmp" / "upload-fresh"
+    fresh.write_bytes(b"still being written")
+
+    removed = store.sweep_temporary(older_than=3600)
+
+    assert removed == 1
+    assert not abandoned.exists()
+    assert fresh.exists()
+    assert store.exists(stored.blob)
