@@ -62,6 +62,7 @@ def address_class(address: IpAddress) -> str | None:
         ("loopback", address.is_loopback),
         ("link-local", address.is_link_local),
         ("multicast", address.is_multicast),
+        ("site-local", isinstance(address, ipaddress.IPv6Address) and address.is_site_local),
         ("private", address.is_private),
         ("reserved", address.is_reserved),
         # shared address space (100.64.0.0/10), documentation ranges and the like

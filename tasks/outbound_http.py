@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib import metadata
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpcore
 import httpx
@@ -86,10 +86,11 @@ def open_http_client(settings: Settings) -> Iterator[httpx.Client]:
 
 
 def describe_url(url: str | httpx.URL) -> str:
-    """``url`` without its query and fragment, which may carry tokens: safe to log."""
+    """``url`` without credentials, query and fragment, which may carry secrets: safe to log."""
     parts = urlsplit(str(url))
     query = "?…" if parts.query else ""
-    return f"{parts.scheme}://{parts.netloc}{parts.path}{query}"
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}{query}"
 
 
 def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
@@ -97,7 +98,7 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return min(float(value), _LONGEST_HINT)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -123,7 +124,7 @@ def raise_for_status(response: httpx.Response, url: str) -> None:
         raise TransientError(message)
     if 300 <= status < 400:
         location = response.headers.get("Location")
-        where = f" to {describe_url(location)}" if location else ""
+        where = f" to {describe_url(urljoin(url, location))}" if location else ""
         raise PermanentError(f"{message}: a redirect{where}, which is not followed")
     raise PermanentError(message)
 

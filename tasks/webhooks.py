@@ -45,7 +45,7 @@ def verify_signature(
     """
     lowered = {name.lower(): value for name, value in headers.items()}
     timestamp_text = lowered.get(TIMESTAMP_HEADER.lower(), "").strip()
-    if not timestamp_text.isdigit():
+    if not (timestamp_text.isascii() and timestamp_text.isdigit()):
         return False
     timestamp = int(timestamp_text)
     current = time.time() if now is None else now

@@ -67,12 +67,19 @@ def opened_image(file: IO[bytes]) -> Iterator[Image.Image]:
             raise PermanentError(
                 "blob is not an image Pillow can read (accepted: " + ", ".join(INPUT_FORMATS) + ")"
             ) from None
+        except (OSError, SyntaxError, ValueError) as error:
+            # a header cut short or corrupt: no retry can repair the blob
+            raise PermanentError(f"image cannot be decoded: {error}") from None
     with image:
         yield image
 
 
 def _upright_size(image: Image.Image) -> Size:
-    orientation = image.getexif().get(_ORIENTATION_TAG)
+    try:
+        # for PNG this reads up to the EXIF chunk, which may lie past a truncation
+        orientation = image.getexif().get(_ORIENTATION_TAG)
+    except (OSError, SyntaxError, ValueError) as error:
+        raise PermanentError(f"image cannot be decoded: {error}") from None
     width, height = image.size
     return (height, width) if orientation in _QUARTER_TURNS else (width, height)
 
@@ -120,7 +127,8 @@ def make_thumbnails(
         largest = max((fitted_size(upright, box) for box in boxes), key=lambda s: s[0] * s[1])
         source = _for_format(_decoded_upright(image, largest, swapped), output)
         for box in boxes:
-            size = fitted_size(source.size, box)
+            # from the original size: a reduced (drafted) decode must not change the answer
+            size = fitted_size(upright, box)
             resized = (
                 source
                 if size == source.size

@@ -27,8 +27,12 @@ _CONNECT_TIMEOUT_CAP = 10.0
 
 
 def encode_payload(payload: dict[str, JsonValue]) -> bytes:
-    """The exact bytes that are signed and sent."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    """The exact bytes that are signed and sent; ``PermanentError`` for NaN or Infinity."""
+    try:
+        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError as error:
+        raise PermanentError(f"payload is not valid JSON: {error}") from None
+    return text.encode()
 
 
 def delivery_headers(

@@ -24,8 +24,8 @@ from api_shim.client import ConveyorClient, Job
 from tasks.webhooks import verify_signature
 from tests.integration.conftest import RETRY_SCALE, Stack, plain_client
 from tests.support.api_server import ALICE, ApiServer
+from tests.support.http_receiver import HttpReceiver, Reply, running_receiver
 from tests.support.polling import wait_for
-from tests.support.receiver import Answer, Receiver, running_receiver
 from tests.support.redis_server import private_redis
 from tests.support.workers import running_worker, worker_environment
 from workers.settings import DEV_WEBHOOK_SIGNING_SECRET
@@ -36,7 +36,7 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
+def receiver() -> Iterator[HttpReceiver]:
     with running_receiver() as server:
         yield server
 
@@ -66,9 +66,9 @@ def run(conveyor: ConveyorClient, task: str, args: dict[str, object], timeout: f
 
 
 def test_a_webhook_arrives_signed_with_the_contract_headers(
-    conveyor: ConveyorClient, receiver: Receiver
+    conveyor: ConveyorClient, receiver: HttpReceiver
 ) -> None:
-    url = receiver.script("/hooks/signed", Answer(status=204))
+    url = receiver.answer("/hooks/signed", Reply(status=204))
     payload = {"order": 42, "note": "café ✓"}
 
     job = run(conveyor, "webhooks.deliver", {"url": url, "payload": payload})
@@ -80,29 +80,27 @@ def test_a_webhook_arrives_signed_with_the_contract_headers(
     assert request.method == "POST"
     assert verify_signature(DEV_WEBHOOK_SIGNING_SECRET, request.headers, request.body)
     assert not verify_signature("another-secret", request.headers, request.body)
-    assert request.headers["Content-Type"] == "application/json"
-    assert re.fullmatch(r"conveyor/\d+\.\d+\.\d+.*", request.headers["User-Agent"])
-    assert request.headers["X-Conveyor-Job-Id"] == job.id
-    assert request.headers["X-Conveyor-Attempt"] == "1"
-    assert request.headers["X-Conveyor-Signature"].startswith("v1=")
+    assert request.headers["content-type"] == "application/json"
+    assert re.fullmatch(r"conveyor/\d+\.\d+\.\d+.*", request.headers["user-agent"])
+    assert request.headers["x-conveyor-job-id"] == job.id
+    assert request.headers["x-conveyor-attempt"] == "1"
+    assert request.headers["x-conveyor-signature"].startswith("v1=")
     assert request.body.decode() == '{"order":42,"note":"café ✓"}'
     assert job.history is not None
     assert job.history[0].pool == "gevent"
 
 
 def test_500_500_200_takes_exactly_three_attempts_and_succeeds(
-    conveyor: ConveyorClient, receiver: Receiver
+    conveyor: ConveyorClient, receiver: HttpReceiver
 ) -> None:
-    url = receiver.script(
-        "/hooks/flaky", Answer(status=500), Answer(status=500), Answer(status=200)
-    )
+    url = receiver.answer("/hooks/flaky", Reply(status=500), Reply(status=500), Reply(status=200))
 
     job = run(conveyor, "webhooks.deliver", {"url": url, "payload": {"n": 1}})
 
     assert job.status == "succeeded", job.error
     assert job.attempts == 3
     requests = receiver.requests_to("/hooks/flaky")
-    assert [r.headers["X-Conveyor-Attempt"] for r in requests] == ["1", "2", "3"]
+    assert [r.headers["x-conveyor-attempt"] for r in requests] == ["1", "2", "3"]
     assert job.history is not None
     assert [a.status for a in job.history] == ["retrying", "retrying", "succeeded"]
     assert job.history[0].error is not None
@@ -111,10 +109,10 @@ def test_500_500_200_takes_exactly_three_attempts_and_succeeds(
 
 
 def test_429_with_retry_after_delays_the_next_attempt_by_the_hint(
-    conveyor: ConveyorClient, receiver: Receiver
+    conveyor: ConveyorClient, receiver: HttpReceiver
 ) -> None:
-    url = receiver.script(
-        "/hooks/limited", Answer(status=429, headers={"Retry-After": "1"}), Answer(status=200)
+    url = receiver.answer(
+        "/hooks/limited", Reply(status=429, headers={"Retry-After": "1"}), Reply(status=200)
     )
 
     job = run(conveyor, "webhooks.deliver", {"url": url, "payload": {"n": 2}})
@@ -131,8 +129,8 @@ def test_429_with_retry_after_delays_the_next_attempt_by_the_hint(
     assert later.at - earlier.at >= 1.0 * RETRY_SCALE
 
 
-def test_404_fails_after_one_attempt(conveyor: ConveyorClient, receiver: Receiver) -> None:
-    url = receiver.script("/hooks/gone", Answer(status=404))
+def test_404_fails_after_one_attempt(conveyor: ConveyorClient, receiver: HttpReceiver) -> None:
+    url = receiver.answer("/hooks/gone", Reply(status=404))
 
     job = run(conveyor, "webhooks.deliver", {"url": url, "payload": {}})
 
@@ -145,11 +143,11 @@ def test_404_fails_after_one_attempt(conveyor: ConveyorClient, receiver: Receive
 
 
 def test_a_redirect_is_not_followed_and_fails_the_delivery(
-    conveyor: ConveyorClient, receiver: Receiver
+    conveyor: ConveyorClient, receiver: HttpReceiver
 ) -> None:
-    receiver.script("/hooks/elsewhere", Answer(status=200))
-    url = receiver.script(
-        "/hooks/moved", Answer(status=307, headers={"Location": "/hooks/elsewhere"})
+    receiver.answer("/hooks/elsewhere", Reply(status=200))
+    url = receiver.answer(
+        "/hooks/moved", Reply(status=307, headers={"Location": "/hooks/elsewhere"})
     )
 
     job = run(conveyor, "webhooks.deliver", {"url": url, "payload": {}})
@@ -162,9 +160,9 @@ def test_a_redirect_is_not_followed_and_fails_the_delivery(
 
 
 def test_a_slow_receiver_hits_the_timeout_and_the_delivery_is_retried(
-    conveyor: ConveyorClient, receiver: Receiver
+    conveyor: ConveyorClient, receiver: HttpReceiver
 ) -> None:
-    url = receiver.script("/hooks/slow", Answer(status=200, delay=3.0), Answer(status=200))
+    url = receiver.answer("/hooks/slow", Reply(status=200, delay=3.0), Reply(status=200))
 
     job = run(conveyor, "webhooks.deliver", {"url": url, "payload": {}, "timeout_seconds": 0.5})
 
@@ -193,11 +191,11 @@ def photo_with_orientation(width: int, height: int, orientation: int) -> bytes:
 
 
 def test_fetch_digest_thumbnail_pipeline_runs_through_both_pools(
-    conveyor: ConveyorClient, receiver: Receiver
+    conveyor: ConveyorClient, receiver: HttpReceiver
 ) -> None:
     photo = photo_with_orientation(2000, 1500, orientation=6)
-    url = receiver.script(
-        "/photos/1.jpg", Answer(body=photo, headers={"Content-Type": "image/jpeg"})
+    url = receiver.answer(
+        "/photos/1.jpg", Reply(body=photo, headers={"Content-Type": "image/jpeg"})
     )
 
     fetched = run(conveyor, "http.fetch", {"url": url})
@@ -259,10 +257,10 @@ def _rss_bytes(pid: int) -> int:
 
 
 def test_a_200_mib_fetch_streams_without_growing_the_worker(
-    conveyor: ConveyorClient, receiver: Receiver, stack: Stack
+    conveyor: ConveyorClient, receiver: HttpReceiver, stack: Stack
 ) -> None:
     size = 200 * MiB
-    url = receiver.script("/big.bin", Answer(stream_bytes=size))
+    url = receiver.answer("/big.bin", Reply(chunked_bytes=size))
     pid = stack.io.process.pid
     baseline = _rss_bytes(pid)
     # reset the peak ("high water mark") so it measures this fetch only
@@ -277,9 +275,9 @@ def test_a_200_mib_fetch_streams_without_growing_the_worker(
 
 
 def test_a_fetch_past_max_bytes_fails_at_once_and_leaves_no_blob(
-    conveyor: ConveyorClient, receiver: Receiver, stack: Stack
+    conveyor: ConveyorClient, receiver: HttpReceiver, stack: Stack
 ) -> None:
-    url = receiver.script("/too-big.bin", Answer(stream_bytes=3 * MiB))
+    url = receiver.answer("/too-big.bin", Reply(chunked_bytes=3 * MiB))
 
     job = run(conveyor, "http.fetch", {"url": url, "max_bytes": MiB})
 
@@ -291,9 +289,11 @@ def test_a_fetch_past_max_bytes_fails_at_once_and_leaves_no_blob(
     assert leftovers == []
 
 
-def test_a_gzip_bomb_is_cut_off_at_max_bytes(conveyor: ConveyorClient, receiver: Receiver) -> None:
+def test_a_gzip_bomb_is_cut_off_at_max_bytes(
+    conveyor: ConveyorClient, receiver: HttpReceiver
+) -> None:
     bomb = gzip.compress(bytes(256 * MiB), compresslevel=9)  # about 250 KiB on the wire
-    url = receiver.script("/bomb.bin", Answer(body=bomb, headers={"Content-Encoding": "gzip"}))
+    url = receiver.answer("/bomb.bin", Reply(body=bomb, headers={"Content-Encoding": "gzip"}))
 
     job = run(conveyor, "http.fetch", {"url": url, "max_bytes": 4 * MiB})
 
@@ -389,9 +389,9 @@ def test_cpu_work_sent_to_the_io_pool_is_reported_in_logs_and_metrics(
 
 
 def test_io_work_in_the_io_pool_does_not_block_the_event_loop(
-    stack: Stack, receiver: Receiver
+    stack: Stack, receiver: HttpReceiver
 ) -> None:
-    url = receiver.script("/hooks/quiet", Answer(status=200, delay=0.3))
+    url = receiver.answer("/hooks/quiet", Reply(status=200, delay=0.3))
     results = [
         stack.client.send_task(
             "webhooks.deliver", kwargs={"url": url, "payload": {"n": n}}, queue="io"
@@ -438,12 +438,12 @@ def guarded_stack(
     "host", ["127.0.0.1", "[::1]", "localhost", "127.1.2.3", "[::ffff:127.0.0.1]"]
 )
 def test_the_ssrf_guard_refuses_loopback_when_private_networks_are_disallowed(
-    guarded_stack: tuple[Celery, Stack], receiver: Receiver, host: str
+    guarded_stack: tuple[Celery, Stack], receiver: HttpReceiver, host: str
 ) -> None:
     client, stack = guarded_stack
     path = f"/ssrf/{host.strip('[]')}"
     port = receiver.base_url.rsplit(":", 1)[1]
-    receiver.script(path, Answer(status=200))
+    receiver.answer(path, Reply(status=200))
     url = f"http://{host}:{port}{path}"
 
     deliver = client.send_task("webhooks.deliver", kwargs={"url": url, "payload": {}}, queue="io")
