@@ -1,10 +1,10 @@
 """A plain Celery app that posts webhooks as ``webhooks.deliver`` does, for comparison.
 
 Same JSON body bytes (``encode_payload``), same headers (job id, attempt, timestamp and
-HMAC signature with the same secret), same HTTP client (``guarded_client``, one per worker
-process, keep-alive sized to the concurrency), same answer handling (at most 64 KiB of the
-answer read, non-2xx raises). What it leaves out is Conveyor: no ledger, no argument model,
-no retry policy.
+HMAC signature with the same secret), same HTTP clients (an ``HttpClientPool`` of
+``guarded_client`` per worker process, one client lent to each task, as Conveyor does),
+same answer handling (at most 64 KiB of the answer read, non-2xx raises). What it leaves
+out is Conveyor: no ledger, no argument model, no retry policy.
 
 The task is called ``plain.webhooks.deliver``: importing ``tasks.io.webhooks`` registers
 Conveyor's own ``webhooks.deliver`` as a shared task in every Celery app, this one included,
@@ -22,7 +22,7 @@ import httpx
 from celery import Celery, Task
 
 from tasks.io.webhooks import encode_payload
-from tasks.outbound_http import guarded_client
+from tasks.outbound_http import KEEPALIVE_PER_CLIENT, HttpClientPool, guarded_client
 from tasks.webhooks import signature_headers
 from workers.settings import DEV_WEBHOOK_SIGNING_SECRET
 
@@ -47,10 +47,13 @@ app.conf.update(
 
 
 @functools.cache
-def http_client() -> httpx.Client:
-    """The worker process's client, built as Conveyor builds its own (``open_http_client``)."""
-    return guarded_client(
-        allow_private=True, keepalive=min(int(os.environ.get("BENCH_KEEPALIVE", "200")), 1000)
+def http_clients() -> HttpClientPool:
+    """The worker process's clients, built as Conveyor builds its own (``open_http_client``)."""
+    ssl_context = httpx.create_ssl_context()
+    return HttpClientPool(
+        lambda: guarded_client(
+            allow_private=True, keepalive=KEEPALIVE_PER_CLIENT, ssl_context=ssl_context
+        )
     )
 
 
@@ -67,9 +70,10 @@ def deliver(
     }
     timeout = httpx.Timeout(timeout_seconds, connect=min(timeout_seconds, _CONNECT_TIMEOUT_CAP))
     started = time.monotonic()
-    with http_client().stream(
-        "POST", url, content=body, headers=headers, timeout=timeout
-    ) as response:
+    with (
+        http_clients().client() as client,
+        client.stream("POST", url, content=body, headers=headers, timeout=timeout) as response,
+    ):
         received = 0
         for chunk in response.iter_raw():
             received += len(chunk)

@@ -289,7 +289,7 @@ def main() -> None:  # noqa: PLR0915 - one run, top to bottom
              "-c", str(args.concurrency), "-Q", "io", "-n", plain_node, "--without-mingle",
              "--prefetch-multiplier", "1", "-l", "WARNING"],
             {**base_env, "BENCH_REDIS_URL": plain_url, "PYTHONPATH": str(ROOT),
-             "BENCH_POOL": str(args.concurrency + 20), "BENCH_KEEPALIVE": str(args.concurrency),
+             "BENCH_POOL": str(args.concurrency + 20),
              "BENCH_TUNED": "1" if args.tuned_plain else "0"},
             plain_log,
         )  # fmt: skip

@@ -82,5 +82,5 @@ def fetch_into(
 @conveyor_task("http.fetch")
 def fetch(context: JobContext, arguments: FetchArguments) -> dict[str, JsonValue]:
     """Download ``url`` into the blob store."""
-    client = context.resources.get(open_http_client)
-    return fetch_into(client, context.blobs, arguments.url, arguments.max_bytes)
+    with context.resources.get(open_http_client).client() as client:
+        return fetch_into(client, context.blobs, arguments.url, arguments.max_bytes)

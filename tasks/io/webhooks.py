@@ -79,4 +79,5 @@ def deliver(context: JobContext, arguments: WebhookArguments) -> dict[str, JsonV
     headers = delivery_headers(
         arguments, context.job_id, context.attempt, secret.get_secret_value(), body
     )
-    return post_webhook(context.resources.get(open_http_client), arguments, headers, body)
+    with context.resources.get(open_http_client).client() as client:
+        return post_webhook(client, arguments, headers, body)

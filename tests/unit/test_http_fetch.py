@@ -19,7 +19,7 @@ from tasks.base import JobContext
 from tasks.errors import PermanentError, RateLimitedError, TransientError
 from tasks.io.http_fetch import MAX_REDIRECTS, fetch, fetch_into
 from tasks.network_guard import AddressGuard, BlockedAddressError, GuardedNetworkBackend
-from tasks.outbound_http import guarded_client
+from tasks.outbound_http import HttpClientPool, guarded_client
 from tests.support.http_receiver import HttpReceiver, Reply, generated_bytes, running_receiver
 from workers.blob_store import BlobStore, StoredBlob
 
@@ -381,7 +381,8 @@ def test_fetch_task_stores_into_the_jobs_blob_store(
     receiver: HttpReceiver, client: httpx.Client, blobs: SpyStore
 ) -> None:
     url = receiver.answer("/file", Reply(200, b"task body", {"Content-Type": "text/plain"}))
-    resources = SimpleNamespace(get=lambda factory: client)
+    pool = HttpClientPool(lambda: client)
+    resources = SimpleNamespace(get=lambda factory: pool)
     context = cast(JobContext, SimpleNamespace(blobs=blobs, resources=resources))
 
     result = fetch(context, FetchArguments(url=url, max_bytes=100))

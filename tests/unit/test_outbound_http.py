@@ -14,6 +14,7 @@ from tasks.network_guard import AddressGuard, BlockedAddressError
 from tasks.outbound_http import (
     USER_AGENT,
     GuardedTransport,
+    HttpClientPool,
     describe_url,
     guarded_client,
     network_errors_as_transient,
@@ -48,7 +49,8 @@ class FakeResolver:
 
 def client_with_resolver(resolver: FakeResolver, *, allow_private: bool) -> httpx.Client:
     guard = AddressGuard(allow_private=allow_private, resolver=resolver)
-    transport = GuardedTransport(guard, httpx.Limits(max_keepalive_connections=2))
+    limits = httpx.Limits(max_keepalive_connections=2)
+    transport = GuardedTransport(guard, limits, httpx.create_ssl_context())
     return httpx.Client(transport=transport, follow_redirects=False, trust_env=False)
 
 
@@ -316,6 +318,25 @@ def test_transport_connects_to_the_address_the_resolver_gave(receiver: HttpRecei
     assert answer.content == b"by name"
     assert resolver.questions == [("receiver.test", receiver.port)]
     assert receiver.requests_to("/named")[0].headers["host"] == f"receiver.test:{receiver.port}"
+
+
+def test_the_pool_lends_each_client_to_one_task_at_a_time_and_reuses_it() -> None:
+    made: list[httpx.Client] = []
+
+    def make() -> httpx.Client:
+        made.append(guarded_client(allow_private=True, keepalive=1))
+        return made[-1]
+
+    pool = HttpClientPool(make)
+    with pool.client() as first, pool.client() as second:
+        assert first is not second
+    with pool.client() as again:
+        assert again in (first, second)
+    assert pool.size == 2
+    pool.close()
+    assert all(client.is_closed for client in made)
+    with pytest.raises(RuntimeError, match="closed"), pool.client():
+        pass
 
 
 def test_guarded_client_does_not_follow_redirects(receiver: HttpReceiver) -> None:

@@ -17,7 +17,7 @@ from tasks.arguments import WebhookArguments
 from tasks.base import JobContext
 from tasks.errors import PermanentError, RateLimitedError, TransientError
 from tasks.io.webhooks import deliver, delivery_headers, encode_payload, post_webhook
-from tasks.outbound_http import guarded_client
+from tasks.outbound_http import HttpClientPool, guarded_client
 from tasks.webhooks import verify_signature
 from tests.support.http_receiver import HttpReceiver, Reply, running_receiver
 
@@ -243,12 +243,12 @@ def test_closed_port_is_transient(client: httpx.Client) -> None:
 
 class OneClient:
     def __init__(self, client: httpx.Client) -> None:
-        self.client = client
+        self.pool = HttpClientPool(lambda: client)
         self.asked: list[Callable[..., Any]] = []
 
-    def get(self, factory: Callable[..., Any]) -> httpx.Client:
+    def get(self, factory: Callable[..., Any]) -> HttpClientPool:
         self.asked.append(factory)
-        return self.client
+        return self.pool
 
 
 def context_for(client: httpx.Client, secret: str | None) -> JobContext:
