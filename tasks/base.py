@@ -103,10 +103,8 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
                 start = self._begin(runtime, job_id, kwargs, int(request.retries or 0))
             except LEDGER_UNAVAILABLE as error:
                 raise self._defer_while_ledger_is_down(runtime, error) from error
-            with (
-                log_context(request_id=start.request_id, attempt=start.attempt),
-                runtime.running_tasks.running(self.name, job_id),
-            ):
+            runtime.running_tasks.mark(self.name, job_id)
+            with log_context(request_id=start.request_id, attempt=start.attempt):
                 return self._run_attempt(runtime, job_id, start, args, kwargs)
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
@@ -141,6 +139,14 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
             max_attempts=self.spec.max_attempts,
             request_id=None,
         )
+        if runtime.engine.dialect.name == "postgresql":
+            with runtime.outcome_engine.connect() as connection:
+                fast = ledger.try_begin_attempt(
+                    connection, new, generation=generation, runner=self._runner(runtime), now=_now()
+                )
+            if fast is not None:
+                self._warn_on_pool_mismatch(runtime)
+                return fast
         with runtime.engine.begin() as connection:
             start = ledger.begin_attempt(
                 connection,
@@ -264,7 +270,7 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
         """
         for pause in _LEDGER_WRITE_PAUSES:
             try:
-                with runtime.engine.begin() as connection:
+                with runtime.outcome_engine.begin() as connection:
                     return write(connection)
             except LEDGER_UNAVAILABLE as error:
                 logger.warning(
@@ -272,7 +278,7 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
                 )
                 time.sleep(pause)
         try:
-            with runtime.engine.begin() as connection:
+            with runtime.outcome_engine.begin() as connection:
                 return write(connection)
         except LEDGER_UNAVAILABLE as error:
             logger.exception(

@@ -1,8 +1,9 @@
 """Pool fitness of a gevent worker: which task blocked the event loop, and for how long.
 
-gevent's monitor thread notices a greenlet that has not yielded for ``threshold`` seconds.
-This module ties that greenlet to the task it runs, measures the whole block, and reports
-it once, when the loop runs again: a WARNING log line and the pool-fitness counters.
+A task's greenlet that runs without yielding keeps every other greenlet (heartbeats and
+acks included) waiting. gevent's monitor thread notices; this module ties the greenlet to
+its task and reports each block once, when it is over: a WARNING log line and the
+pool-fitness counters.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,15 +35,13 @@ class RunningTasks:
             weakref.WeakKeyDictionary()
         )
 
-    @contextmanager
-    def running(self, task: str, job_id: str) -> Iterator[None]:
-        """Mark the current greenlet as running ``task`` for the ``with`` block."""
-        current = getcurrent()
-        self._by_greenlet[current] = (task, job_id)
-        try:
-            yield
-        finally:
-            self._by_greenlet.pop(current, None)
+    def mark(self, task: str, job_id: str) -> None:
+        """Note that the current greenlet runs ``task``.
+
+        The note stays until the greenlet runs another task or is gone: a block that ends
+        as the task returns is still the task's, and so is the bookkeeping after it.
+        """
+        self._by_greenlet[getcurrent()] = (task, job_id)
 
     def of(self, runner: Any) -> tuple[str, str] | None:
         """``(task, job_id)`` for the greenlet ``runner``, or ``None``."""
@@ -56,11 +54,13 @@ class RunningTasks:
 class HubBlockMonitor:
     """Turns gevent's "event loop blocked" events into one :class:`HubBlock` per block.
 
-    gevent's monitor thread raises an event every ``threshold`` seconds while one greenlet
-    holds the loop. A greenlet tracer notes when each greenlet was switched in and when the
-    blocking one finally switched out, so the block's length is exact, not rounded to the
-    monitor's period. ``report`` is then called in the hub's own thread, inside a new
-    greenlet, where logging and I/O are safe.
+    gevent's monitor thread checks the loop every ``threshold`` seconds and raises an event
+    when the same greenlet ran through a whole period without yielding. The events of one
+    greenlet make up one block; it is over once no event came for 1.5 periods. The task is
+    looked up at the first event, while its greenlet is still running it. A block is caught
+    once it lasts two periods, and its length is known to about one period: from the first
+    event to the last, plus the two periods the checks cannot see. ``report`` is called in
+    the hub's thread, inside a new greenlet, where logging and I/O are safe.
     """
 
     def __init__(
@@ -71,71 +71,59 @@ class HubBlockMonitor:
         self._report = report
         self._lock = threading.Lock()
         self._hub: Any = None
-        self._previous_trace: Any = None  # whichever tracer was installed before ours
-        # written by the tracer, in the hub's thread
-        self._switched_in_at = time.perf_counter()
-        self._blocker_left_at: float | None = None
-        # written by the monitor thread
+        self._spawn: Callable[..., Any] | None = None
         self._blocker: Any = None
-        self._blocker_since = 0.0
         self._blocker_task: tuple[str, str] | None = None
+        self._first_seen = 0.0
+        self._last_seen = 0.0
 
     def start(self) -> None:
         """Start gevent's monitor thread for this thread's hub and listen to it."""
         import gevent  # noqa: PLC0415 - only a gevent worker may load gevent
-        import greenlet  # noqa: PLC0415
         from gevent import events  # noqa: PLC0415
 
         gevent.config.monitor_thread = True
         gevent.config.max_blocking_time = self._threshold
         gevent.config.print_blocking_reports = False  # reported as JSON log lines instead
         self._hub = gevent.get_hub()
+        self._spawn = gevent.spawn
         monitor = self._hub.start_periodic_monitoring_thread()
-        self._previous_trace = greenlet.settrace(self._trace)
         events.subscribers.append(self._on_event)
         monitor.add_monitoring_function(self._check, self._threshold / 2)
-
-    def _trace(self, event: str, args: Any) -> None:
-        # called in the hub's thread at every greenlet switch: keep it tiny
-        if event in ("switch", "throw"):
-            now = time.perf_counter()
-            if args[0] is self._blocker and self._blocker_left_at is None:
-                self._blocker_left_at = now
-            self._switched_in_at = now
-        if self._previous_trace is not None:
-            self._previous_trace(event, args)
 
     def _on_event(self, event: object) -> None:
         # called in the monitor thread, for every gevent event
         from gevent.events import EventLoopBlocked  # noqa: PLC0415
 
-        if not isinstance(event, EventLoopBlocked):
+        # every hub's monitor thread (a thread pool's too) notifies the same subscribers
+        if not isinstance(event, EventLoopBlocked) or event.hub is not self._hub:
             return
+        now = time.monotonic()
         with self._lock:
-            if event.greenlet is self._blocker:
-                return
-            self._close()
-            # the greenlet has not switched out since it was switched in: the block began then
-            self._blocker_since = self._switched_in_at
-            self._blocker_left_at = None
-            self._blocker_task = self._tasks.of(event.greenlet)
-            self._blocker = event.greenlet
+            if event.greenlet is not self._blocker:
+                self._close()
+                self._blocker = event.greenlet
+                self._blocker_task = self._tasks.of(event.greenlet)
+                self._first_seen = now
+            self._last_seen = now
 
     def _check(self, _hub: object) -> None:
-        # called in the monitor thread every half threshold
+        # called in the monitor thread every half period
         with self._lock:
-            if self._blocker is not None and self._blocker_left_at is not None:
+            if self._blocker is not None and time.monotonic() - self._last_seen > (
+                1.5 * self._threshold
+            ):
                 self._close()
 
     def _close(self) -> None:
         if self._blocker is None:
             return
-        ended = self._blocker_left_at if self._blocker_left_at is not None else time.perf_counter()
-        task, job_id = self._blocker_task or ("(not a task)", "")
-        block = HubBlock(task=task, job_id=job_id, seconds=round(ended - self._blocker_since, 3))
+        seconds = self._last_seen - self._first_seen + 2 * self._threshold
+        running = self._blocker_task
         self._blocker = None
         self._blocker_task = None
-        import gevent  # noqa: PLC0415
-
+        if running is None:
+            return  # the worker's own greenlets: not a task's doing
+        block = HubBlock(task=running[0], job_id=running[1], seconds=round(seconds, 2))
         # the hub runs the callback once it is free; the report needs a greenlet of its own
-        self._hub.loop.run_callback_threadsafe(gevent.spawn, self._report, block)
+        self._hub.loop.run_callback_threadsafe(self._spawn, self._report, block)

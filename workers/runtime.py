@@ -49,6 +49,7 @@ class WorkerRuntime:
         self.resources = ProcessResources(settings)
         self.running_tasks = RunningTasks()
         self._engine: Engine | None = None
+        self._autocommit: Engine | None = None
         self._pid: int | None = None
         self._enqueuer: Enqueuer | None = None
         self._redis: redis.Redis | None = None
@@ -71,6 +72,20 @@ class WorkerRuntime:
             self._create_engine()
         assert self._engine is not None  # noqa: S101 - set by _create_engine
         return self._engine
+
+    @property
+    def outcome_engine(self) -> Engine:
+        """The engine for single-statement ledger writes: autocommit on PostgreSQL.
+
+        Each of the worker's common ledger transitions is one atomic statement there, so a
+        transaction around it would only add the BEGIN and COMMIT round trips.
+        """
+        engine = self.engine
+        if engine.dialect.name != "postgresql":
+            return engine
+        if self._autocommit is None or self._autocommit.pool is not engine.pool:
+            self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        return self._autocommit
 
     def _create_engine(self) -> None:
         if self._engine is not None and self._pid != os.getpid():

@@ -272,6 +272,13 @@ def test_a_200_mib_fetch_streams_without_growing_the_worker(
     assert job.result["size"] == size
     growth = _peak_rss_bytes(pid) - baseline
     assert growth < 50 * MiB, f"worker peak RSS grew by {growth / MiB:.1f} MiB"
+    # the download yields to other greenlets as it goes: no event-loop block is reported
+    blocks = [
+        record
+        for record in log_records(stack.io.log())
+        if record.get("blocked_seconds") is not None and record.get("job_id") == job.id
+    ]
+    assert blocks == []
 
 
 def test_a_fetch_past_max_bytes_fails_at_once_and_leaves_no_blob(
@@ -376,7 +383,7 @@ def test_cpu_work_sent_to_the_io_pool_is_reported_in_logs_and_metrics(
     assert record["task"] == "diagnostics.spin"
     assert record["level"] == "WARNING"
     assert "blocked the gevent event loop" in record["message"]
-    assert 0.4 <= record["blocked_seconds"] <= 1.5
+    assert 0.4 <= record["blocked_seconds"] <= 1.2  # 0.6 s, known to about one period
 
     with api.client() as http:
         metrics = http.get("/metrics").text

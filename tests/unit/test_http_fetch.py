@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import socket
+import tracemalloc
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -390,3 +392,47 @@ def test_fetch_task_stores_into_the_jobs_blob_store(
     assert result["size"] == 9
     assert result["content_type"] == "text/plain"
     assert blob_content(blobs, result) == b"task body"
+
+
+# --- compressed bodies ----------------------------------------------------------------------
+
+
+def test_a_gzip_body_is_stored_inflated(
+    receiver: HttpReceiver, client: httpx.Client, blobs: SpyStore
+) -> None:
+    body = b"conveyor " * 10_000
+    url = receiver.answer(
+        "/gzipped", Reply(200, gzip.compress(body), headers={"Content-Encoding": "gzip"})
+    )
+
+    result = fetch_into(client, blobs, url, max_bytes=len(body))
+
+    assert blob_content(blobs, result) == body
+
+
+def test_a_gzip_bomb_is_refused_without_inflating_it_in_memory(
+    receiver: HttpReceiver, client: httpx.Client, blobs: SpyStore
+) -> None:
+    bomb = gzip.compress(bytes(64 * 1024 * 1024), compresslevel=9)
+    url = receiver.answer("/bomb", Reply(200, bomb, headers={"Content-Encoding": "gzip"}))
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(PermanentError, match="larger than max_bytes"):
+            fetch_into(client, blobs, url, max_bytes=2 * 1024 * 1024)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert peak < 8 * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB"
+    assert_nothing_stored(blobs)
+
+
+def test_an_unknown_content_encoding_fails_at_once(
+    receiver: HttpReceiver, client: httpx.Client, blobs: SpyStore
+) -> None:
+    url = receiver.answer("/br", Reply(200, b"\x00\x01", headers={"Content-Encoding": "br"}))
+
+    with pytest.raises(PermanentError, match="unsupported Content-Encoding"):
+        fetch_into(client, blobs, url, max_bytes=1024)
+    assert_nothing_stored(blobs)

@@ -7,7 +7,18 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Connection, Row, Update, bindparam, func, select
+from sqlalchemy import (
+    Connection,
+    Row,
+    Select,
+    Update,
+    bindparam,
+    case,
+    exists,
+    func,
+    literal,
+    select,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -115,7 +126,7 @@ _CLAIM = (
         next_retry_at=None,
         updated_at=bindparam("b_now", type_=UTCDateTime()),
     )
-    .returning(JOBS.c.attempts, JOBS.c.attempt_base, JOBS.c.request_id)
+    .returning(JOBS.c.attempts, JOBS.c.attempt_base, JOBS.c.request_id, JOBS.c.id)
 )
 _POISON = JOBS.update().where(JOBS.c.id == bindparam("b_job_id"))
 _CLOSE_LOST = ATTEMPTS.update().where(
@@ -141,6 +152,104 @@ _CLOSE_ATTEMPT = ATTEMPTS.update().where(
     ATTEMPTS.c.job_id == bindparam("b_job_id"), ATTEMPTS.c.number == bindparam("b_attempt")
 )
 _STATUS = select(JOBS.c.status).where(JOBS.c.id == bindparam("b_job_id"))
+
+# --- PostgreSQL: each common transition in one statement -----------------------------------
+# A worker's bookkeeping is two statements per job instead of nine round trips (BEGIN,
+# two or three statements and COMMIT, twice): data-modifying CTEs make the job update and
+# the attempt row one atomic statement, run in autocommit.
+
+_ATTEMPT_COLUMNS = ["job_id", "number", "worker", "pool", "pid", "outcome", "started_at"]
+
+
+def _opening(job_rows: Any, number: Any) -> Any:
+    """An INSERT of the running attempt for each row of ``job_rows``, as a CTE."""
+    return (
+        ATTEMPTS.insert()
+        .from_select(
+            _ATTEMPT_COLUMNS,
+            select(
+                job_rows.c.id,
+                number,
+                bindparam("r_worker", type_=ATTEMPTS.c.worker.type),
+                bindparam("r_pool", type_=ATTEMPTS.c.pool.type),
+                bindparam("r_pid", type_=ATTEMPTS.c.pid.type),
+                literal(AttemptOutcome.RUNNING.value),
+                bindparam("b_now", type_=UTCDateTime()),
+            ),
+        )
+        .cte("opened")
+    )
+
+
+_claimed = _CLAIM.cte("claimed")
+_CLAIM_AND_OPEN = select(
+    _claimed.c.attempts, _claimed.c.attempt_base, _claimed.c.request_id
+).add_cte(_opening(_claimed, _claimed.c.attempts))
+
+_ADOPTED_COLUMNS = (
+    "id", "client_id", "task", "queue", "status", "args", "priority", "attempts",
+    "max_attempts", "retry_generation", "attempt_base", "request_id", "created_at",
+    "updated_at", "started_at",
+)  # fmt: skip
+_adopted = (
+    postgresql_insert(JOBS)
+    .values({name: bindparam(f"n_{name}", type_=JOBS.c[name].type) for name in _ADOPTED_COLUMNS})
+    .on_conflict_do_nothing(index_elements=["id"])
+    .returning(JOBS.c.id)
+    .cte("adopted")
+)
+_ADOPT_AND_OPEN = select(_adopted.c.id).add_cte(_opening(_adopted, literal(1)))
+
+
+def _finish_in_one(
+    job_update: Update, job_keys: tuple[str, ...], attempt_keys: tuple[str, ...]
+) -> Select[Any]:
+    """``job_update`` and the closing of its attempt, as one statement.
+
+    The attempt is closed with ``a_outcome`` when the job moved, as cancelled otherwise.
+    """
+    moved = job_update.values(
+        {key: bindparam(f"j_{key}", type_=JOBS.c[key].type) for key in job_keys}
+    ).cte("moved")
+    closed = (
+        ATTEMPTS.update()
+        .where(
+            ATTEMPTS.c.job_id == bindparam("b_job_id"),
+            ATTEMPTS.c.number == bindparam("b_attempt"),
+        )
+        .values(
+            outcome=case(
+                (
+                    exists(select(moved.c.status)),
+                    bindparam("a_outcome", type_=ATTEMPTS.c.outcome.type),
+                ),
+                else_=literal(AttemptOutcome.CANCELLED.value),
+            ),
+            **{key: bindparam(f"a_{key}", type_=ATTEMPTS.c[key].type) for key in attempt_keys},
+        )
+        .cte("closed")
+    )
+    return select(moved.c.retry_generation, moved.c.status).add_cte(closed)
+
+
+_JOB_DONE_KEYS = ("status", "result", "error", "finished_at", "updated_at")
+_FINISH_IN_ONE = _finish_in_one(_FINISH_JOB, _JOB_DONE_KEYS, ("error", "finished_at"))
+_RETRY_IN_ONE = _finish_in_one(
+    _SCHEDULE_RETRY,
+    ("status", "error", "next_retry_at", "updated_at"),
+    ("error", "finished_at", "retry_delay_seconds"),
+)
+_FAIL_IN_ONE = _finish_in_one(
+    _FINISH_JOB,
+    ("status", "error", "finished_at", "next_retry_at", "updated_at"),
+    ("error", "finished_at"),
+)
+# (schedules a retry, outcome) -> the one statement for that transition
+_IN_ONE = {
+    (False, AttemptOutcome.SUCCEEDED): _FINISH_IN_ONE,
+    (True, AttemptOutcome.RETRYING): _RETRY_IN_ONE,
+    (False, AttemptOutcome.FAILED): _FAIL_IN_ONE,
+}
 _LOST_ERROR = {
     "type": WORKER_LOST,
     "message": "the worker process died or was killed during this attempt",
@@ -159,27 +268,29 @@ def _adopt_running(connection: Connection, new: NewJob, now: datetime) -> bool:
     """
     insert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
     statement = insert(JOBS).on_conflict_do_nothing(index_elements=["id"]).returning(JOBS.c.id)
-    inserted = connection.execute(
-        statement,
-        {
-            "id": new.job_id,
-            "client_id": None,
-            "task": new.task,
-            "queue": new.queue,
-            "status": JobStatus.RUNNING.value,
-            "args": new.args,
-            "priority": "normal",
-            "attempts": 1,
-            "max_attempts": new.max_attempts,
-            "retry_generation": 0,
-            "attempt_base": 0,
-            "request_id": new.request_id,
-            "created_at": now,
-            "updated_at": now,
-            "started_at": now,
-        },
-    ).one_or_none()
+    inserted = connection.execute(statement, _adopted_values(new, now)).one_or_none()
     return inserted is not None
+
+
+def _adopted_values(new: NewJob, now: datetime) -> dict[str, Any]:
+    """The row of a job met for the first time, running its first attempt."""
+    return {
+        "id": new.job_id,
+        "client_id": None,
+        "task": new.task,
+        "queue": new.queue,
+        "status": JobStatus.RUNNING.value,
+        "args": new.args,
+        "priority": "normal",
+        "attempts": 1,
+        "max_attempts": new.max_attempts,
+        "retry_generation": 0,
+        "attempt_base": 0,
+        "request_id": new.request_id,
+        "created_at": now,
+        "updated_at": now,
+        "started_at": now,
+    }
 
 
 def _close_lost_attempts(
@@ -239,6 +350,46 @@ def begin_attempt(
         poison_error=poison_error,
         now=now,
     )
+
+
+def try_begin_attempt(
+    connection: Connection, new: NewJob, *, generation: int, runner: Runner, now: datetime
+) -> AttemptStart | None:
+    """The common starts in one statement each (PostgreSQL); ``None`` for any other.
+
+    A queued or retrying job is claimed, or a job met for the first time is recorded as
+    running, together with its attempt row. ``None`` means neither applied: the caller
+    runs :func:`begin_attempt` in a transaction, which handles every other case.
+    """
+    runner_values = {"r_worker": runner.worker, "r_pool": runner.pool, "r_pid": runner.pid}
+    claimed = connection.execute(
+        _CLAIM_AND_OPEN,
+        {
+            "b_job_id": new.job_id,
+            "b_task": new.task,
+            "b_generation": generation,
+            "b_now": now,
+            **runner_values,
+        },
+    ).one_or_none()
+    if claimed is not None:
+        return AttemptStart(
+            Verdict.RUN,
+            claimed.attempts,
+            claimed.request_id,
+            attempt_in_round=claimed.attempts - claimed.attempt_base,
+        )
+    adopted = connection.execute(
+        _ADOPT_AND_OPEN,
+        {
+            **{f"n_{name}": value for name, value in _adopted_values(new, now).items()},
+            "b_now": now,
+            **runner_values,
+        },
+    ).one_or_none()
+    if adopted is not None:
+        return AttemptStart(Verdict.RUN, 1, new.request_id, attempt_in_round=1)
+    return None
 
 
 def _begin_unclaimable(
@@ -320,6 +471,12 @@ def _finish(
     running that attempt (it was cancelled meanwhile): the attempt is then closed as cancelled.
     """
     key = {"b_job_id": job_id, "b_attempt": attempt}
+    if connection.dialect.name == "postgresql":
+        job_params = {f"j_{k}": v for k, v in {**job_values, "updated_at": now}.items()}
+        attempt_params = {f"a_{k}": v for k, v in {**attempt_values, "finished_at": now}.items()}
+        one = _IN_ONE[(statement is _SCHEDULE_RETRY, outcome)]
+        params = {**key, **job_params, **attempt_params, "a_outcome": outcome.value}
+        return connection.execute(one, params).one_or_none()
     moved = connection.execute(statement, {**key, **job_values, "updated_at": now}).one_or_none()
     closed = outcome if moved else AttemptOutcome.CANCELLED
     connection.execute(
