@@ -7,5 +7,8 @@ COPY workers ./workers
 COPY tasks ./tasks
 COPY api_shim ./api_shim
 COPY migrations ./migrations
-RUN pip install -e . && useradd --create-home conveyor && mkdir -p var && chown conveyor var
+# var/blobs and var/flower exist owned by conveyor, so the named volumes compose mounts
+# there start out writable by it
+RUN pip install -e . && useradd --create-home conveyor \
+    && mkdir -p var/blobs var/flower && chown -R conveyor var
 USER conveyor

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
@@ -12,14 +13,19 @@ import uvicorn
 
 from tasks.catalog import build_catalog
 from workers.celery_app import check_visibility_timeout
+from workers.cli_context import EXIT_CODES_HELP, command_settings
+from workers.cli_enqueue import enqueue
+from workers.cli_jobs import jobs_cli
+from workers.dev_stack import run_dev_stack
+from workers.flower_command import flower
 from workers.health import check_database, check_redis
 from workers.schema import upgrade
-from workers.settings import Settings, SettingsError, get_settings
-from workers.structured_logging import configure_logging
+from workers.settings import Settings, SettingsError
 
 cli = typer.Typer(
     name="conveyor",
     help="Conveyor: reliable background jobs on Celery, Redis and a job ledger.",
+    epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -28,17 +34,6 @@ cli = typer.Typer(
 WorkerKind = Literal["io", "cpu"]
 POOL_OF_KIND: dict[str, str] = {"io": "gevent", "cpu": "prefork"}
 _METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def _settings() -> Settings:
-    """The settings, with JSON logging set up from them; exit 2 with one line if invalid."""
-    try:
-        settings = get_settings()
-    except SettingsError as error:
-        typer.echo(f"conveyor: {error}", err=True)
-        raise typer.Exit(2) from None
-    configure_logging(settings.log_level, settings.secret_values())
-    return settings
 
 
 def worker_command(kind: str, settings: Settings, extra: list[str]) -> list[str]:
@@ -72,7 +67,7 @@ def worker(
     if kind not in POOL_OF_KIND:
         typer.echo("conveyor: worker kind must be io or cpu", err=True)
         raise typer.Exit(2)
-    command = worker_command(kind, _settings(), list(ctx.args))
+    command = worker_command(kind, command_settings(), list(ctx.args))
     # exec: Celery's own entry point monkey-patches gevent before anything else is imported,
     # and signals (SIGTERM for a warm shutdown) reach the worker directly
     os.execv(sys.executable, command)  # noqa: S606 - fixed argv, no shell
@@ -86,7 +81,7 @@ def beat(ctx: typer.Context) -> None:
 
     Further options go to `celery beat` as they are.
     """
-    settings = _settings()
+    settings = command_settings()
     command = [
         sys.executable, "-m", "celery", "-A", "workers.app", "beat",
         "--loglevel", settings.log_level, *ctx.args,
@@ -96,20 +91,28 @@ def beat(ctx: typer.Context) -> None:
 
 @cli.command()
 def api(
-    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    host: Annotated[
+        str | None,
+        typer.Option(help="address to bind (default: CONVEYOR_API_HOST, else 127.0.0.1)"),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=65535, help="port to listen on (default: CONVEYOR_API_PORT, else 8000)"
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option(min=1, max=64, help="uvicorn worker processes")] = 1,
 ) -> None:
     """Serve the HTTP API (uvicorn)."""
-    settings = _settings()
+    settings = command_settings()
     if workers > 1 and not os.environ.get(_METRICS_DIR):
         # each worker process counts in files here, so one scrape adds every process up
         os.environ[_METRICS_DIR] = tempfile.mkdtemp(prefix="conveyor-metrics-")
     uvicorn.run(
         "api_shim.app:build",
         factory=True,
-        host=host,
-        port=port,
+        host=host or settings.api_host,
+        port=port or settings.api_port,
         workers=workers,
         log_config=None,  # the JSON logging configured by the app
         log_level=settings.log_level.lower(),
@@ -124,7 +127,7 @@ def migrate(
     revision: Annotated[str, typer.Option(help="target revision")] = "head",
 ) -> None:
     """Upgrade the ledger database to the newest schema (Alembic)."""
-    settings = _settings()
+    settings = command_settings()
     upgrade(settings.database_url, revision)
     typer.echo(f"ledger at {revision}")
 
@@ -132,7 +135,7 @@ def migrate(
 @cli.command()
 def check() -> None:
     """Validate the settings and reach Redis and the database; exit 1 with the reason."""
-    settings = _settings()
+    settings = command_settings()
     try:
         check_visibility_timeout(settings, build_catalog(diagnostics=bool(settings.diagnostics)))
     except SettingsError as error:
@@ -148,6 +151,40 @@ def check() -> None:
     if failures:
         raise typer.Exit(1)
     typer.echo("settings valid; Redis and the database answer")
+
+
+cli.command()(enqueue)
+
+
+@cli.command()
+def dev(
+    api_port: Annotated[int, typer.Option(min=1, max=65535, help="API port")] = 8000,
+    flower_port: Annotated[int, typer.Option(min=1, max=65535, help="Flower port")] = 5555,
+) -> None:
+    """Run the whole stack locally until Ctrl-C.
+
+    Redis at CONVEYOR_REDIS_URL, or an embedded Valkey on a free port when nothing answers
+    there; the ledger (SQLite by default) migrated to head; the API, an io worker
+    (gevent), a cpu worker (prefork), beat and Flower (basic auth), on 127.0.0.1. Their
+    logs are interleaved under a prefix per process. Ctrl-C stops everything with a warm
+    shutdown: running jobs finish, queued ones stay queued.
+    """
+    settings = command_settings()
+    if settings.env == "prod":
+        typer.echo("conveyor dev: refused with CONVEYOR_ENV=prod", err=True)
+        raise typer.Exit(2)
+    code = run_dev_stack(
+        settings,
+        dict(os.environ),  # the stack's processes inherit this environment
+        api_port=api_port,
+        flower_port=flower_port,
+        state_dir=Path("var"),
+    )
+    raise typer.Exit(code)
+
+
+cli.add_typer(jobs_cli)
+cli.command()(flower)
 
 
 def main() -> None:

@@ -106,6 +106,14 @@ class Settings(BaseSettings):
     diagnostics: bool | None = None
     # extension: how long a task may hold a gevent worker's event loop before it is reported
     hub_block_threshold: float = Field(default=0.1, ge=0.01, le=60.0)
+    # extensions: where `conveyor api` and `conveyor flower` listen when no option says, so a
+    # container binds 0.0.0.0 through the environment while its command stays the Procfile's
+    api_host: str = Field(default="127.0.0.1", min_length=1)
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    flower_host: str = Field(default="127.0.0.1", min_length=1)
+    flower_port: int = Field(default=5555, ge=1, le=65535)
+    # Flower's persistent state (its task history survives a restart)
+    flower_db: Path = Path("./var/flower.db")
 
     @field_validator("log_level", mode="before")
     @classmethod

