@@ -36,7 +36,14 @@ from multiprocessing import Pool
 from pathlib import Path
 from typing import Any
 
-import psycopg
+from bench_services import (
+    client_for,
+    drop_database,
+    fresh_database,
+    ledger_statuses,
+    stop,
+    wait_ready,
+)
 from celery import Celery
 from PIL import Image, ImageDraw
 
@@ -48,7 +55,6 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
 REDIS = f"redis://{HOST}:6379"
-POSTGRES = f"postgresql://postgres@{HOST}:5432"
 DATABASE = "conveyor_bench_thumbnails"
 TARGET_RATIO = 0.85
 SIZE = (2000, 1500)
@@ -124,42 +130,6 @@ def run_plain(pool: Any, root: Path, blobs: list[str]) -> tuple[float, list[Any]
 # --- Conveyor -------------------------------------------------------------------------------
 
 
-def fresh_database(name: str) -> str:
-    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    return f"{POSTGRES}/{name}"
-
-
-def drop_database(name: str) -> None:
-    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def ledger_statuses(database: str, job_ids: list[str]) -> dict[str, int]:
-    with psycopg.connect(database) as connection:
-        rows = connection.execute(
-            "SELECT status, count(*) FROM jobs WHERE id = ANY(%s) GROUP BY status", (job_ids,)
-        ).fetchall()
-    return {str(status): int(count) for status, count in rows}
-
-
-def client_for(url: str) -> Celery:
-    client = Celery("bench-client", broker=url, backend=url, set_as_current=False)
-    client.conf.update(task_serializer="json", accept_content=["json"])
-    return client
-
-
-def wait_ready(client: Celery, node: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"worker {node} exited early:\n{log.read_text()[-3000:]}")
-        if any(node in reply for reply in client.control.ping([node], timeout=0.5) or []):
-            return
-    raise SystemExit(f"worker {node} did not answer within 90 s")
-
-
 def run_conveyor(client: Celery, blobs: list[str]) -> tuple[float, list[Any], list[str]]:
     sizes = [list(box) for box in BOXES]
     started = time.monotonic()
@@ -194,17 +164,6 @@ def check_same_thumbnails(
     on_disk = {f"sha256:{path.name}" for path in thumbnails_in(conveyor_store, sources)}
     if not produced["conveyor"] <= on_disk:
         raise SystemExit("Conveyor's thumbnails are not all in its blob store")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (a warm shutdown for a Celery worker), then wait; kill if it hangs."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def thumbnail_blobs(outputs: list[Any], expected: int) -> set[str]:

@@ -31,7 +31,14 @@ from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
-import psycopg
+from bench_services import (
+    client_for,
+    drop_database,
+    fresh_database,
+    ledger_statuses,
+    stop,
+    wait_ready,
+)
 from celery import Celery
 
 from tasks.io.webhooks import encode_payload
@@ -41,7 +48,6 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
 REDIS = f"redis://{HOST}:6379"
-POSTGRES = f"postgresql://postgres@{HOST}:5432"
 DATABASE = "conveyor_bench_webhooks"
 TARGET_RATIO = 1.25
 CONVEYOR_TASK = "webhooks.deliver"
@@ -61,37 +67,6 @@ def free_port() -> int:
 def start(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("wb") as log:
         return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (a warm shutdown for a Celery worker), then wait; kill if it hangs."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def fresh_database(name: str) -> str:
-    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    return f"{POSTGRES}/{name}"
-
-
-def drop_database(name: str) -> None:
-    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def ledger_statuses(database: str, job_ids: list[str]) -> dict[str, int]:
-    with psycopg.connect(database) as connection:
-        rows = connection.execute(
-            "SELECT status, count(*) FROM jobs WHERE id = ANY(%s) GROUP BY status", (job_ids,)
-        ).fetchall()
-    return {str(status): int(count) for status, count in rows}
 
 
 # --- the receiver ---------------------------------------------------------------------------
@@ -126,22 +101,6 @@ def wait_receiver(port: int, process: subprocess.Popen[bytes], log_path: Path) -
 
 
 # --- workers --------------------------------------------------------------------------------
-
-
-def client_for(url: str) -> Celery:
-    client = Celery("bench-client", broker=url, backend=url, set_as_current=False)
-    client.conf.update(task_serializer="json", accept_content=["json"])
-    return client
-
-
-def wait_ready(client: Celery, node: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"worker {node} exited early:\n{log.read_text()[-3000:]}")
-        if any(node in reply for reply in client.control.ping([node], timeout=0.5) or []):
-            return
-    raise SystemExit(f"worker {node} did not answer within 90 s")
 
 
 def payload_of(n: int, tag: str) -> dict[str, Any]:

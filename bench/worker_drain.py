@@ -18,36 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import psycopg
+from bench_services import client_for, fresh_database, wait_ready
 from celery import Celery
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 REDIS = "redis://127.0.0.1:6379"
-POSTGRES = "postgresql://postgres@127.0.0.1:5432"
-
-
-def fresh_database(name: str) -> str:
-    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    return f"{POSTGRES}/{name}"
-
-
-def client_for(url: str) -> Celery:
-    client = Celery("bench-client", broker=url, backend=url, set_as_current=False)
-    client.conf.update(task_serializer="json", accept_content=["json"])
-    return client
-
-
-def wait_ready(client: Celery, node: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"worker {node} exited early")
-        if any(node in reply for reply in client.control.ping([node], timeout=0.5) or []):
-            return
-    raise SystemExit(f"worker {node} did not answer")
 
 
 def drain(client: Celery, jobs: int, sleep: float) -> float:
