@@ -37,12 +37,12 @@ from typing import Any
 
 import psycopg
 import redis
+from bench_services import drop_database, fresh_database
 from celery import Celery
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 REDIS = "redis://127.0.0.1:6379"
-POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 DATABASE = "conveyor_bench_enqueue"
 HOST = "127.0.0.1"
 TASK = "diagnostics.echo"
@@ -224,18 +224,6 @@ def cpu_share(before: CpuSample, after: CpuSample, window: float) -> CpuShare:
 
 
 # --- setup ---------------------------------------------------------------------------------
-
-
-def fresh_database(name: str) -> str:
-    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    return f"{POSTGRES}/{name}"
-
-
-def drop_database(name: str) -> None:
-    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def free_port() -> int:
