@@ -6,8 +6,6 @@ implementation is imported, and a name outside the catalog never reaches the bro
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import random
 import uuid
@@ -43,13 +41,6 @@ def _refusal(error: ValidationError, prefix: Sequence[int | str] = ()) -> errors
     more = error.error_count() - 1
     suffix = f" (and {more} more)" if more else ""
     return errors.validation_error(f"{first['loc']}: {first['msg']}{suffix}", details)
-
-
-def _fingerprint(job: JobIn) -> str:
-    """The same request always hashes the same, whatever its key order or key."""
-    canonical = job.model_dump(mode="json", exclude={"idempotency_key"})
-    encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(encoded.encode()).hexdigest()
 
 
 class JobIds:
@@ -132,7 +123,7 @@ class JobIntake:
             args=dict(job.args),
             priority=job.priority,
             max_attempts=spec.max_attempts,
-            fingerprint=_fingerprint(job),
+            fingerprint=job.fingerprint(),
             idempotency_key=job.idempotency_key,
             request_id=request_id,
             scheduled_for=self._schedule(job),

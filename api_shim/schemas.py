@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
 from typing import Any, Literal
 
@@ -50,6 +52,13 @@ class JobIn(BaseModel):
         if self.delay_seconds is not None and self.run_at is not None:
             raise ValueError("give delay_seconds or run_at, not both")
         return self
+
+    def fingerprint(self) -> str:
+        """The request's hash: the same job always hashes the same, whatever its key order
+        or idempotency key, so a replay is told from a conflicting reuse of the key."""
+        canonical = self.model_dump(mode="json", exclude={"idempotency_key"})
+        encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(encoded.encode()).hexdigest()
 
 
 class BatchIn(BaseModel):

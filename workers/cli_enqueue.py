@@ -6,8 +6,6 @@ outbox: if Redis does not answer, the job is still recorded and the relay publis
 
 from __future__ import annotations
 
-import hashlib
-import json
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -76,13 +74,6 @@ def parse_args_option(text: str) -> dict[str, Any]:
     return document
 
 
-def fingerprint(job: JobIn) -> str:
-    """The request's hash, as the API computes it, to tell an idempotent replay from a conflict."""
-    canonical = job.model_dump(mode="json", exclude={"idempotency_key"})
-    encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(encoded.encode()).hexdigest()
-
-
 def prepare_job(catalog: Catalog, document: dict[str, Any], now: datetime) -> JobRequest:
     """Check a job against the request rules, the catalog and the task's argument model."""
     try:
@@ -108,7 +99,7 @@ def prepare_job(catalog: Catalog, document: dict[str, Any], now: datetime) -> Jo
         args=dict(job.args),
         priority=job.priority,
         max_attempts=spec.max_attempts,
-        fingerprint=fingerprint(job),
+        fingerprint=job.fingerprint(),
         idempotency_key=job.idempotency_key,
         request_id=uuid.uuid4().hex,
         scheduled_for=now + timedelta(seconds=delay) if delay else None,

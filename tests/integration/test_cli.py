@@ -204,8 +204,10 @@ def test_without_redis_the_job_is_recorded_for_the_relay(stack: Stack, workdir: 
     assert "relay" in finished.stderr
     view = stack.ledger.job(job_id)
     assert view is not None and view.status == "queued"
-    # out of the outbox again, so no relay of a later test runs it
-    succeeded(conveyor(stack.env, workdir, "jobs", "cancel", job_id))
+    # out of the outbox again, so no relay of a later test runs it; if beat runs in this
+    # test process its relay may already have published and finished the job (exit 4)
+    cleanup = conveyor(stack.env, workdir, "jobs", "cancel", job_id)
+    assert cleanup.returncode in (0, 4), cleanup.stderr
 
 
 @pytest.mark.parametrize(
