@@ -41,8 +41,8 @@ bench: $(STAMP) ## benchmarks against plain Celery in the same run (figures in b
 	$(BIN)/python bench/worker_drain.py --jobs 1000 --sleep 0.5 --concurrency 500
 	$(BIN)/python bench/enqueue.py --duration 10
 
-demo: $(STAMP) ## run the main job on embedded defaults
-	@echo "conveyor demo is not available yet: it arrives with the one-command dev stack."
+demo: $(STAMP) ## a mixed workload through both pools on embedded defaults, with a summary
+	$(BIN)/conveyor demo $(DEMO_ARGS)
 
 clean: ## remove the virtualenv, caches and local state
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache var

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 
 SIGNATURE_HEADER = "X-Conveyor-Signature"
 TIMESTAMP_HEADER = "X-Conveyor-Timestamp"
+JOB_ID_HEADER = "X-Conveyor-Job-Id"
+ATTEMPT_HEADER = "X-Conveyor-Attempt"
 SCHEME = "v1"
 
 

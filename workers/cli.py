@@ -10,13 +10,15 @@ from typing import Annotated, Literal
 
 import typer
 import uvicorn
+from rich.console import Console
 
 from tasks.catalog import build_catalog
 from workers.celery_app import check_visibility_timeout
 from workers.cli_context import EXIT_CODES_HELP, command_settings
 from workers.cli_enqueue import enqueue
 from workers.cli_jobs import jobs_cli
-from workers.dev_stack import run_dev_stack
+from workers.demo.runner import DemoOptions, run_demo
+from workers.dev_stack import StackLayout, run_dev_stack
 from workers.flower_command import flower
 from workers.health import check_database, check_redis
 from workers.schema import upgrade
@@ -176,11 +178,66 @@ def dev(
     code = run_dev_stack(
         settings,
         dict(os.environ),  # the stack's processes inherit this environment
-        api_port=api_port,
-        flower_port=flower_port,
-        state_dir=Path("var"),
+        StackLayout(api_port=api_port, flower_port=flower_port, state_dir=Path("var")),
     )
     raise typer.Exit(code)
+
+
+@cli.command()
+def demo(
+    *,
+    jobs: Annotated[
+        int, typer.Option(min=20, max=5000, help="about how many jobs the workload makes")
+    ] = 400,
+    timeout: Annotated[
+        float, typer.Option(min=5, help="seconds the workload may take before the demo gives up")
+    ] = 80.0,
+    retry_scale: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="CONVEYOR_RETRY_SCALE of the stack the demo starts"),
+    ] = 0.05,
+    api_url: Annotated[
+        str | None,
+        typer.Option(help="use the stack whose API answers here instead of starting one"),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CONVEYOR_DEMO_API_KEY",
+            help="API key for --api-url (default: the first of CONVEYOR_API_KEYS, else the dev"
+            " key)",
+            show_envvar=True,
+        ),
+    ] = None,
+    summary_json: Annotated[
+        Path | None, typer.Option(help="also write the summary to this file as JSON")
+    ] = None,
+) -> None:
+    """Run a realistic mixed workload through both pools, then print a summary.
+
+    Starts the stack as `conveyor dev` does (an embedded Valkey when nothing answers at
+    CONVEYOR_REDIS_URL, the SQLite ledger by default, the API, both workers, beat and
+    Flower) with short retry delays, unless --api-url names a running one. The workload:
+    signed webhooks to a local receiver that answers some 500s, 429s and 503s (so retries
+    and dead letters show), image pipelines (fetch, then digest and thumbnails in the
+    prefork pool) and deliberate failures. Exit 0 when every job ended as planned.
+    """
+    settings = command_settings()
+    if settings.env == "prod":
+        typer.echo("conveyor demo: refused with CONVEYOR_ENV=prod", err=True)
+        raise typer.Exit(2)
+    options = DemoOptions(
+        jobs=jobs,
+        timeout=timeout,
+        retry_scale=retry_scale,
+        api_url=api_url,
+        api_key=api_key,
+        state_dir=Path("var"),
+        summary_json=summary_json,
+    )
+    # piped output (make demo in a log) gets lines wide enough for the tables
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    raise typer.Exit(run_demo(settings, dict(os.environ), options, console))
 
 
 cli.add_typer(jobs_cli)

@@ -215,13 +215,62 @@ def describe_stack(
     )
 
 
+@dataclass(frozen=True)
+class StackLayout:
+    """Where the stack listens and keeps its local state (the embedded Valkey's files)."""
+
+    api_port: int
+    flower_port: int
+    state_dir: Path
+
+
+@dataclass(frozen=True)
+class RunningStack:
+    """A started stack: its facts, its processes and the environment they run with."""
+
+    info: DevStackInfo
+    group: ProcessGroup
+    env: Mapping[str, str]
+
+
+@contextlib.contextmanager
+def running_stack(
+    settings: Settings,
+    environment: Mapping[str, str],
+    layout: StackLayout,
+    *,
+    out: IO[str] | None = None,
+    extra_settings: Mapping[str, str] | None = None,
+) -> Iterator[RunningStack]:
+    """The whole stack, started inside the block and stopped in order after it.
+
+    ``extra_settings`` are CONVEYOR_* values the stack's processes get on top of the
+    environment and the dev defaults. The processes may still be starting when the
+    block begins.
+    """
+    valkey_dir = layout.state_dir / "valkey"
+    with reachable_redis(settings.redis_url, valkey_dir) as (redis_url, embedded):
+        env = {**environment, **dev_overrides(settings, redis_url), **(extra_settings or {})}
+        group = ProcessGroup(env, out)
+        info = describe_stack(settings, redis_url, embedded, layout.api_port, layout.flower_port)
+        upgrade(settings.database_url, "head")
+        for line in info.lines():
+            group.say("conveyor", line)
+        try:
+            for name, command in stack_commands(layout.api_port, layout.flower_port):
+                group.start(name, command)
+            yield RunningStack(info, group, env)
+        finally:
+            group.say("conveyor", "stopping (warm shutdown)")
+            group.stop_all()
+            group.say("conveyor", "stopped")
+
+
 def run_dev_stack(
     settings: Settings,
     environment: Mapping[str, str],
+    layout: StackLayout,
     *,
-    api_port: int,
-    flower_port: int,
-    state_dir: Path,
     out: IO[str] | None = None,
 ) -> int:
     """Run the stack until SIGINT or SIGTERM (exit code 0) or until a process dies (1)."""
@@ -232,28 +281,13 @@ def run_dev_stack(
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with reachable_redis(settings.redis_url, state_dir / "valkey") as (redis_url, embedded):
-            env = {**environment, **dev_overrides(settings, redis_url)}
-            group = ProcessGroup(env, out)
-            info = describe_stack(settings, redis_url, embedded, api_port, flower_port)
-            upgrade(settings.database_url, "head")
-            for line in info.lines():
-                group.say("conveyor", line)
-            code = 0
-            try:
-                for name, command in stack_commands(api_port, flower_port):
-                    group.start(name, command)
-                while not stop.wait(0.5):
-                    dead = group.exited()
-                    if dead is not None:
-                        group.say("conveyor", f"{dead.name} stopped on its own; stopping")
-                        code = 1
-                        break
-            finally:
-                group.say("conveyor", "stopping (warm shutdown)")
-                group.stop_all()
-            group.say("conveyor", "stopped")
-            return code
+        with running_stack(settings, environment, layout, out=out) as stack:
+            while not stop.wait(0.5):
+                dead = stack.group.exited()
+                if dead is not None:
+                    stack.group.say("conveyor", f"{dead.name} stopped on its own; stopping")
+                    return 1
+            return 0
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -18,7 +18,7 @@ from tasks.outbound_http import (
     open_http_client,
     raise_for_status,
 )
-from tasks.webhooks import signature_headers
+from tasks.webhooks import ATTEMPT_HEADER, JOB_ID_HEADER, signature_headers
 
 # what is read of a receiver's answer before the connection is given back; the rest is dropped
 _ANSWER_READ_LIMIT = 64 * 1024
@@ -42,8 +42,8 @@ def delivery_headers(
     return {
         **arguments.headers,
         "Content-Type": "application/json",
-        "X-Conveyor-Job-Id": job_id,
-        "X-Conveyor-Attempt": str(attempt),
+        JOB_ID_HEADER: job_id,
+        ATTEMPT_HEADER: str(attempt),
         **signature_headers(secret, int(time.time()), body),
     }
 

@@ -15,45 +15,15 @@ import pytest
 
 from tests.support.api_server import free_port
 from tests.support.polling import wait_for
-from tests.support.workers import CONVEYOR, worker_environment
+from tests.support.processes import alive, descendants
+from tests.support.workers import CONVEYOR, embedded_dev_environment
 from workers.dev_stack import DEV_API_KEY, DEV_FLOWER_LOGIN
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` (children, their children …)."""
-    found: set[int] = set()
-    pending = [pid]
-    while pending:
-        parent = pending.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            children = (task / "children").read_text().split() if task.exists() else []
-            for child in map(int, children):
-                if child not in found:
-                    found.add(child)
-                    pending.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
 
 
 @pytest.fixture
 def dev_stack(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, int, Path]]:
     api_port, flower_port = free_port(), free_port()
-    env = worker_environment(
-        env="dev",
-        redis_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing answers: embedded Valkey
-        database_url=f"sqlite:///{tmp_path}/ledger.db",
-        storage_dir=str(tmp_path / "blobs"),
-        io_concurrency="20",
-        cpu_concurrency="1",
-        log_level="INFO",
-    )
+    env = embedded_dev_environment(tmp_path, io_concurrency="20", cpu_concurrency="1")
     log_path = tmp_path / "dev.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,19 +11,12 @@ from pathlib import Path
 import httpx
 
 from tests.support.polling import wait_for
-from tests.support.processes import ServiceProcess
+from tests.support.processes import ServiceProcess, free_port
 from tests.support.workers import CONVEYOR
 
 ALICE = ("alice", "alice-secret-key-0123456789")
 BOB = ("bob", "bob-secret-key-0123456789abc")
 API_KEYS = ",".join(f"{client}:{secret}" for client, secret in (ALICE, BOB))
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

@@ -1,8 +1,10 @@
-"""A process a test started: its log file, and a stop that always ends it."""
+"""A process a test started: its log file, and a stop that always ends it; what runs below
+a process."""
 
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,3 +30,34 @@ class ServiceProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.wait(10)
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (children, their children …)."""
+    found: set[int] = set()
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            children = (task / "children").read_text().split() if task.exists() else []
+            for child in map(int, children):
+                if child not in found:
+                    found.add(child)
+                    pending.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"

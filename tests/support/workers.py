@@ -14,7 +14,7 @@ from pathlib import Path
 from celery import Celery
 
 from tests.support.polling import wait_for
-from tests.support.processes import ServiceProcess
+from tests.support.processes import ServiceProcess, free_port
 
 CONVEYOR = str(Path(sys.executable).with_name("conveyor"))
 
@@ -32,6 +32,18 @@ def worker_environment(**settings: str) -> dict[str, str]:
     env.update({f"CONVEYOR_{k.upper()}": v for k, v in settings.items()})
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def embedded_dev_environment(directory: Path, **settings: str) -> dict[str, str]:
+    """A dev environment whose Redis URL answers nothing (so an embedded Valkey is used),
+    with the SQLite ledger and blob store in ``directory``; ``settings`` on top."""
+    return worker_environment(
+        env="dev",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        database_url=f"sqlite:///{directory}/ledger.db",
+        storage_dir=str(directory / "blobs"),
+        **settings,
+    )
 
 
 def start_worker(

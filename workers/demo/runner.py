@@ -1,0 +1,199 @@
+"""``conveyor demo``: bring the stack up (or use a running API), run the mixed workload
+through both pools with live progress, print the summary, stop everything it started."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from celery import Celery
+from rich.console import Console
+
+from api_shim.client import ConveyorClient
+from workers.demo.display import StackAccess, progress_view, summary_view
+from workers.demo.receiver import flaky_receiver
+from workers.demo.summary import DemoSummary, summarise
+from workers.demo.workload import WorkloadState, plan_workload, run_workload
+from workers.dev_stack import DEV_API_KEY, ProcessGroup, StackLayout, running_stack
+from workers.settings import Settings
+from workers.structured_logging import configure_logging
+
+#: How long the started stack may take to answer before the demo gives up.
+STARTUP_TIMEOUT = 90.0
+
+
+class DemoError(RuntimeError):
+    """The demo could not run: the stack did not come up, or a process of it died."""
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What ``conveyor demo`` was asked for."""
+
+    jobs: int
+    timeout: float
+    retry_scale: float
+    api_url: str | None
+    api_key: str | None
+    state_dir: Path
+    summary_json: Path | None
+
+
+@dataclass(frozen=True)
+class DemoTarget:
+    """The API the workload goes to, and the stack's processes when the demo started them."""
+
+    access: StackAccess
+    api_key: str
+    group: ProcessGroup | None
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _deadline_wait(what: str, probe_ok: bool, deadline: float, group: ProcessGroup) -> bool:
+    dead = group.exited()
+    if dead is not None:
+        raise DemoError(f"{dead.name} exited while starting; see the stack log")
+    if time.monotonic() > deadline:
+        raise DemoError(f"{what} did not come up within {STARTUP_TIMEOUT:.0f} s")
+    return probe_ok
+
+
+def _api_ready(api_url: str) -> bool:
+    try:
+        return httpx.get(f"{api_url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _workers_ready(client: Celery) -> bool:
+    replies = client.control.ping(timeout=0.5) or []
+    nodes = [name for reply in replies for name in reply]
+    return any(n.startswith("io@") for n in nodes) and any(n.startswith("cpu@") for n in nodes)
+
+
+def wait_until_ready(api_url: str, redis_url: str, group: ProcessGroup) -> None:
+    """Wait until the API answers ``/readyz`` and an io and a cpu worker answer a ping."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while not _deadline_wait("the API", _api_ready(api_url), deadline, group):
+        time.sleep(0.3)
+    pinger = Celery("conveyor-demo", broker=redis_url, set_as_current=False)
+    try:
+        while not _deadline_wait("the workers", _workers_ready(pinger), deadline, group):
+            time.sleep(0.3)
+    finally:
+        pinger.close()
+
+
+def _first_api_key(settings: Settings) -> str:
+    keys = settings.api_key_table
+    return next(iter(keys.values())).get_secret_value() if keys else DEV_API_KEY[1]
+
+
+@contextmanager
+def demo_target(
+    settings: Settings, environment: dict[str, str], options: DemoOptions, console: Console
+) -> Iterator[DemoTarget]:
+    """The running API named by ``--api-url``, or a stack started for the block."""
+    api_key = options.api_key or _first_api_key(settings)
+    if options.api_url is not None:
+        access = StackAccess(options.api_url.rstrip("/"), "(that stack's Flower)", "-", None)
+        yield DemoTarget(access, api_key, None)
+        return
+    log_dir = options.state_dir / "demo"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "stack.log"
+    with ExitStack() as resources:
+        out = resources.enter_context(log_path.open("w", encoding="utf-8"))
+        # this process's own log lines (migrations, ...) join the stack's, off the screen
+        configure_logging(settings.log_level, settings.secret_values(), stream=out)
+        console.print(f"Starting the stack (logs: {log_path}) ...", highlight=False)
+        stack = resources.enter_context(
+            running_stack(
+                settings,
+                environment,
+                StackLayout(free_port(), free_port(), options.state_dir),
+                out=out,
+                extra_settings={"CONVEYOR_RETRY_SCALE": repr(options.retry_scale)},
+            )
+        )
+        info = stack.info
+        redis_note = "embedded Valkey" if info.embedded_redis else "Redis"
+        console.print(
+            f"{redis_note} at {info.redis_url}; ledger {info.database_url}; "
+            f"API {info.api_url}; Flower {info.flower_url}; retry delays x{options.retry_scale}",
+            highlight=False,
+        )
+        wait_until_ready(info.api_url, info.redis_url, stack.group)
+        access = StackAccess(info.api_url, info.flower_url, info.flower_login, str(log_path))
+        yield DemoTarget(access, api_key, stack.group)
+        console.print("Stopping the stack (warm shutdown) ...", highlight=False)
+
+
+def _watch(states: Iterator[WorkloadState], group: ProcessGroup | None) -> Iterator[WorkloadState]:
+    """``states``, stopping with :class:`DemoError` if a process of the stack dies."""
+    for state in states:
+        dead = group.exited() if group is not None else None
+        if dead is not None:
+            raise DemoError(f"{dead.name} exited during the workload; see the stack log")
+        yield state
+
+
+def run_demo(
+    settings: Settings, environment: dict[str, str], options: DemoOptions, console: Console
+) -> int:
+    """Run the demo; 0 when every job finished as planned, 1 otherwise."""
+    secret = settings.webhook_signing_secret
+    signing_secret = secret.get_secret_value() if secret is not None else ""
+    try:
+        with (
+            demo_target(settings, environment, options, console) as target,
+            flaky_receiver(signing_secret) as receiver,
+            ConveyorClient(target.access.api_url, target.api_key, timeout=30) as client,
+        ):
+            plan = plan_workload(options.jobs, receiver)
+            console.print(
+                f"Running about {plan.total_jobs} jobs through the io (gevent) and cpu "
+                f"(prefork) pools; receiver at {receiver.base_url}",
+                highlight=False,
+            )
+            started = time.monotonic()
+            state = WorkloadState()
+            with progress_view(console) as view:
+                workload = run_workload(client, plan, timeout=options.timeout)
+                for state in _watch(workload, target.group):
+                    view.show(state)
+            summary = summarise(
+                state.jobs.values(),
+                wall_seconds=time.monotonic() - started,
+                unexpected=[
+                    f"{job.id} {job.task}: {job.status}, planned {planned}"
+                    for job, planned in state.mismatches()
+                ],
+            )
+            console.print(summary_view(summary, receiver.tally, target.access))
+    except DemoError as error:
+        console.print(f"[bold red]conveyor demo: {error}")
+        return 1
+    if options.summary_json is not None:
+        options.summary_json.write_text(json.dumps(summary.as_json(), indent=2, default=str))
+    return _exit_code(summary, state, console)
+
+
+def _exit_code(summary: DemoSummary, state: WorkloadState, console: Console) -> int:
+    if not state.done:
+        unfinished = len(state.jobs) - state.finished
+        console.print(f"[bold red]conveyor demo: {unfinished} jobs had not finished in time")
+        return 1
+    return 1 if summary.unexpected else 0
