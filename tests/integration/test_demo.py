@@ -12,16 +12,25 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from tests.integration.conftest import Stack
+from tests.support.api_server import ALICE, ApiServer
 from tests.support.processes import alive, descendants
 from tests.support.workers import CONVEYOR, embedded_dev_environment
 
 DEMO_JOBS = 60
+#: The demo's own limits (stack start-up, workload) fit in this, on a loaded machine too.
+DEMO_DEADLINE = 200
 
 
-def run_demo(directory: Path, *args: str) -> tuple[int, str, set[int]]:
+def run_demo(
+    directory: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, str, set[int]]:
     """Run ``conveyor demo`` in ``directory``; its exit code, output and every process it
-    had below it."""
-    env = embedded_dev_environment(directory, io_concurrency="50", cpu_concurrency="2")
+    had below it. Without ``env``, on the embedded defaults."""
+    if env is None:
+        env = embedded_dev_environment(directory, io_concurrency="50", cpu_concurrency="2")
     log_path = directory / "demo.out"
     seen: set[int] = set()
     with log_path.open("wb") as log:
@@ -29,7 +38,7 @@ def run_demo(directory: Path, *args: str) -> tuple[int, str, set[int]]:
             [CONVEYOR, "demo", *args], env=env, cwd=directory, stdout=log,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
-        deadline = time.monotonic() + 110
+        deadline = time.monotonic() + DEMO_DEADLINE
         while process.poll() is None and time.monotonic() < deadline:
             seen |= descendants(process.pid)
             time.sleep(0.2)
@@ -58,6 +67,7 @@ def attempt_pools(database: Path) -> dict[str, set[str]]:
     return pools
 
 
+@pytest.mark.timeout(DEMO_DEADLINE + 30)
 def test_demo_runs_both_pools_and_its_summary_matches_the_ledger(tmp_path: Path) -> None:
     started = time.monotonic()
     code, output, processes = run_demo(
@@ -91,7 +101,34 @@ def test_demo_runs_both_pools_and_its_summary_matches_the_ledger(tmp_path: Path)
         Counter(row["queue"] for row in rows)
     )
     assert summary["unexpected"] == []
+    assert {job["id"]: job["status"] for job in summary["jobs"]} == {
+        row["id"]: row["status"] for row in rows
+    }
 
     assert len(processes) >= 6, processes  # five processes, prefork children and Valkey
     left = [pid for pid in processes if alive(pid)]
     assert left == [], f"processes left behind: {left}"
+
+
+@pytest.mark.timeout(DEMO_DEADLINE + 30)
+def test_demo_uses_a_running_stack_when_given_its_api(
+    api: ApiServer, api_env: dict[str, str], stack: Stack, tmp_path: Path
+) -> None:
+    code, output, processes = run_demo(
+        tmp_path, "--api-url", api.base_url, "--api-key", ALICE[1], "--jobs", "20",
+        "--summary-json", "summary.json", env=api_env,
+    )  # fmt: skip
+    assert code == 0, output[-6000:]
+    assert "Starting the stack" not in output
+    assert processes == set()  # it started nothing
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["total"] == 20
+    for job in summary["jobs"]:
+        recorded = stack.ledger.job(job["id"])
+        assert recorded is not None
+        assert (recorded.task, recorded.status, recorded.attempts) == (
+            job["task"], job["status"], job["attempts"],
+        )  # fmt: skip
+    assert {letter["task"] for letter in summary["dead_letters"]} == {
+        "webhooks.deliver", "http.fetch", "diagnostics.fail",
+    }  # fmt: skip

@@ -77,6 +77,17 @@ class DeadLetter:
 
 
 @dataclass(frozen=True)
+class JobOutcome:
+    """One job as it ended, for the JSON summary."""
+
+    id: str
+    task: str
+    queue: str
+    status: str
+    attempts: int
+
+
+@dataclass(frozen=True)
 class DemoSummary:
     """Everything the demo reports at the end."""
 
@@ -92,6 +103,7 @@ class DemoSummary:
     wall_seconds: float
     dead_letters: list[DeadLetter]
     unexpected: list[str]
+    jobs: list[JobOutcome]
 
     def dead_letter_examples(self, count: int) -> list[DeadLetter]:
         """Up to ``count`` dead letters, one of each task and error before any repeat."""
@@ -145,4 +157,5 @@ def summarise(
             key=lambda letter: (letter.task, letter.error, letter.id),
         ),
         unexpected=list(unexpected),
+        jobs=[JobOutcome(job.id, job.task, job.queue, job.status, job.attempts) for job in jobs],
     )
