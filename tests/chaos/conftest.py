@@ -9,23 +9,25 @@ import pytest
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.conftest import empty_redis_database, migrated_database, xdist_index
+from tests.conftest import empty_redis_database, xdist_index
 from tests.integration.conftest import plain_client
+from tests.support.embedded_services import RunServices
 from tests.support.ledger_reads import LedgerReader
+from tests.support.postgres_databases import PostgresServer
 from tests.support.workers import worker_environment
 from workers.ledger.database import create_ledger_engine, create_session_factory
 
 
 @pytest.fixture(scope="session")
-def chaos_database(worker_id: str) -> Iterator[str]:
-    with migrated_database(f"conveyor_chaos_{xdist_index(worker_id)}") as url:
+def chaos_database(postgres_server: PostgresServer, worker_id: str) -> Iterator[str]:
+    with postgres_server.migrated_database(f"conveyor_chaos_{xdist_index(worker_id)}") as url:
         yield url
 
 
 @pytest.fixture
-def chaos_redis(worker_id: str) -> Iterator[str]:
+def chaos_redis(services: RunServices, worker_id: str) -> Iterator[str]:
     """A Redis database apart from the integration workers' (5, 6, …), emptied per test."""
-    with empty_redis_database(5 + xdist_index(worker_id)) as url:
+    with empty_redis_database(services.redis_url, 5 + xdist_index(worker_id)) as url:
         yield url
 
 

@@ -11,26 +11,30 @@ from celery import Celery
 from celery.result import AsyncResult
 from psycopg import sql
 
-from tests.conftest import admin_connection, migrated_database, xdist_index
+from tests.conftest import xdist_index
 from tests.support.ledger_reads import LedgerReader
 from tests.support.polling import wait_for
+from tests.support.postgres_databases import PostgresServer
 from tests.support.workers import WorkerProcess, running_worker
 from workers.ledger.database import create_ledger_engine, create_session_factory
 
 
 @pytest.fixture
-def outage_database(worker_id: str) -> Iterator[tuple[str, str]]:
+def outage_database(
+    postgres_server: PostgresServer, worker_id: str
+) -> Iterator[tuple[PostgresServer, str, str]]:
     name = f"conveyor_outage_{xdist_index(worker_id)}"
-    with migrated_database(name) as url:
+    with postgres_server.migrated_database(name) as url:
         try:
-            yield name, url
+            yield postgres_server, name, url
         finally:
-            allow_connections(name, allowed=True)  # a closed database cannot be dropped
+            # a closed database cannot be dropped
+            allow_connections(postgres_server, name, allowed=True)
 
 
-def allow_connections(name: str, *, allowed: bool) -> None:
+def allow_connections(server: PostgresServer, name: str, *, allowed: bool) -> None:
     """Open or close database ``name``; closing also ends every session on it."""
-    with admin_connection() as admin:
+    with server.admin_connection() as admin:
         admin.execute(
             sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
                 sql.Identifier(name), sql.Literal(allowed)
@@ -59,17 +63,17 @@ def logged(worker: WorkerProcess, text: str) -> bool:
 def test_a_message_waits_while_the_ledger_is_down_and_runs_once_it_is_back(
     chaos_client: Celery,
     chaos_env: dict[str, str],
-    outage_database: tuple[str, str],
+    outage_database: tuple[PostgresServer, str, str],
     logs: Path,
 ) -> None:
-    name, url = outage_database
+    server, name, url = outage_database
     env = {**chaos_env, "CONVEYOR_DATABASE_URL": url}
     with running_worker(chaos_client, "io", "io-outage@test", logs / "io.log", env) as io:
-        allow_connections(name, allowed=False)
+        allow_connections(server, name, allowed=False)
         result = chaos_client.send_task("diagnostics.echo", kwargs={"value": 7}, queue="io")
         wait_for(lambda: logged(io, "message deferred"), timeout=30, what="the deferral")
 
-        allow_connections(name, allowed=True)
+        allow_connections(server, name, allowed=True)
 
         assert result.get(timeout=60)["value"] == 7
         with ledger_reader(url) as ledger:
@@ -80,10 +84,10 @@ def test_a_message_waits_while_the_ledger_is_down_and_runs_once_it_is_back(
 def test_an_outcome_written_during_an_outage_lands_when_the_ledger_returns(
     chaos_client: Celery,
     chaos_env: dict[str, str],
-    outage_database: tuple[str, str],
+    outage_database: tuple[PostgresServer, str, str],
     logs: Path,
 ) -> None:
-    name, url = outage_database
+    server, name, url = outage_database
     env = {**chaos_env, "CONVEYOR_DATABASE_URL": url}
     with (
         running_worker(chaos_client, "io", "io-outage@test", logs / "io.log", env) as io,
@@ -97,10 +101,10 @@ def test_an_outcome_written_during_an_outage_lands_when_the_ledger_returns(
             timeout=30,
             what="the attempt to start",
         )
-        allow_connections(name, allowed=False)
+        allow_connections(server, name, allowed=False)
         wait_for(lambda: logged(io, "ledger write failed"), timeout=30, what="a failed write")
 
-        allow_connections(name, allowed=True)
+        allow_connections(server, name, allowed=True)
 
         job = ledger.wait_finished(result.id, timeout=30)
     assert (job.status, job.attempts, job.outcomes) == ("succeeded", 1, ["succeeded"])

@@ -11,7 +11,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.pool import NullPool
 
-from tests.conftest import create_database, drop_database, xdist_index
+from tests.conftest import xdist_index
+from tests.support.postgres_databases import PostgresServer
 from workers import schema
 from workers.ledger.models import Base
 
@@ -21,9 +22,11 @@ def empty_database(request: pytest.FixtureRequest, tmp_path: Path, worker_id: st
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'fresh.db'}"
         return
+    # requested here, not as a parameter, so the SQLite case runs without PostgreSQL
+    server: PostgresServer = request.getfixturevalue("postgres_server")
     name = f"conveyor_migrations_{xdist_index(worker_id)}"
-    yield create_database(name)
-    drop_database(name)
+    yield server.create_database(name)
+    server.drop_database(name)
 
 
 def _tables(url: str) -> set[str]:
