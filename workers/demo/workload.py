@@ -34,6 +34,8 @@ FAILURE_MIX: tuple[tuple[dict[str, Any], str], ...] = (
 THUMBNAIL_SIZES = [[320, 240], [96, 96]]
 DIGEST_ALGORITHMS = ["sha256", "blake2b"]
 MINIMUM_JOBS = 20
+#: The most jobs ``POST /v1/jobs/batch`` takes at once.
+BATCH_SIZE = 1000
 #: Jobs per page when the demo reads its jobs back.
 PAGE_SIZE = 500
 
@@ -141,10 +143,12 @@ class WorkloadState:
 def enqueue_planned(
     client: ConveyorClient, planned: tuple[PlannedJob, ...], state: WorkloadState
 ) -> None:
-    """Enqueue ``planned`` in one batch and record what each job must end as."""
-    for job, plan in zip(client.enqueue_many([p.spec() for p in planned]), planned, strict=True):
-        state.expected[job.id] = plan.expected
-        state.jobs[job.id] = job
+    """Enqueue ``planned`` in batches and record what each job must end as."""
+    for start in range(0, len(planned), BATCH_SIZE):
+        chunk = planned[start : start + BATCH_SIZE]
+        for job, plan in zip(client.enqueue_many([p.spec() for p in chunk]), chunk, strict=True):
+            state.expected[job.id] = plan.expected
+            state.jobs[job.id] = job
 
 
 def refresh(client: ConveyorClient, state: WorkloadState) -> None:
