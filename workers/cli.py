@@ -18,7 +18,7 @@ from workers.cli_context import EXIT_CODES_HELP, command_settings
 from workers.cli_enqueue import enqueue
 from workers.cli_jobs import jobs_cli
 from workers.demo.runner import DemoOptions, run_demo
-from workers.dev_stack import StackLayout, run_dev_stack
+from workers.dev_stack import StackLayout, StackStartError, run_dev_stack
 from workers.flower_command import flower
 from workers.health import check_database, check_redis
 from workers.schema import upgrade
@@ -175,11 +175,15 @@ def dev(
     if settings.env == "prod":
         typer.echo("conveyor dev: refused with CONVEYOR_ENV=prod", err=True)
         raise typer.Exit(2)
-    code = run_dev_stack(
-        settings,
-        dict(os.environ),  # the stack's processes inherit this environment
-        StackLayout(api_port=api_port, flower_port=flower_port, state_dir=Path("var")),
-    )
+    try:
+        code = run_dev_stack(
+            settings,
+            dict(os.environ),  # the stack's processes inherit this environment
+            StackLayout(api_port=api_port, flower_port=flower_port, state_dir=Path("var")),
+        )
+    except StackStartError as error:
+        typer.echo(f"conveyor dev: {error}", err=True)
+        raise typer.Exit(1) from None
     raise typer.Exit(code)
 
 
@@ -232,7 +236,7 @@ def demo(
         retry_scale=retry_scale,
         api_url=api_url,
         api_key=api_key,
-        state_dir=Path("var"),
+        state_dir=Path("var") / "demo",
         summary_json=summary_json,
     )
     # piped output (make demo in a log) gets lines wide enough for the tables

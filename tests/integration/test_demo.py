@@ -5,6 +5,8 @@ and it leaves no process behind."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
 import subprocess
 import time
@@ -16,6 +18,7 @@ import pytest
 
 from tests.integration.conftest import Stack
 from tests.support.api_server import ALICE, ApiServer
+from tests.support.polling import wait_for
 from tests.support.processes import alive, descendants
 from tests.support.workers import CONVEYOR, embedded_dev_environment
 
@@ -132,3 +135,45 @@ def test_demo_uses_a_running_stack_when_given_its_api(
     assert {letter["task"] for letter in summary["dead_letters"]} == {
         "webhooks.deliver", "http.fetch", "diagnostics.fail",
     }  # fmt: skip
+
+
+@pytest.mark.timeout(DEMO_DEADLINE + 30)
+def test_ctrl_c_stops_the_demo_and_its_stack_in_order(tmp_path: Path) -> None:
+    env = embedded_dev_environment(tmp_path, io_concurrency="50", cpu_concurrency="2")
+    log_path = tmp_path / "demo.out"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [CONVEYOR, "demo", "--jobs", "5000"], env=env, cwd=tmp_path, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    seen: set[int] = set()
+    try:
+
+        def workload_running() -> bool:
+            seen.update(descendants(process.pid))
+            if process.poll() is not None:
+                raise AssertionError(log_path.read_text(errors="replace")[-4000:])
+            return "Running about" in log_path.read_text(errors="replace")
+
+        wait_for(workload_running, timeout=120, interval=0.2, what="the workload to start")
+        seen |= descendants(process.pid)
+        # Ctrl-C in a terminal: SIGINT to every process of the foreground process group
+        os.killpg(process.pid, signal.SIGINT)
+        code = process.wait(120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    output = log_path.read_text(errors="replace")
+    assert code == 130, output[-4000:]
+    assert "interrupted" in output
+    stack_log = (tmp_path / "var" / "demo" / "stack.log").read_text()
+    assert "valkey     | " in stack_log
+    # the embedded Valkey stopped last, after the workers' warm shutdown
+    assert stack_log.rindex("valkey     | exited") > stack_log.rindex("worker-io  | exited")
+    assert "did not stop" not in stack_log
+    left = [pid for pid in seen if alive(pid)]
+    assert left == [], f"processes left behind: {left}"
+    statuses = Counter(row["status"] for row in ledger_rows(tmp_path / "ledger.db"))
+    assert statuses["running"] == 0, statuses  # every started job finished its attempt
+    assert statuses["queued"] > 0, statuses  # the rest wait for the next start

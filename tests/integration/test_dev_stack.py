@@ -32,6 +32,7 @@ def dev_stack(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, in
             cwd=tmp_path,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # a process group of its own, as a terminal gives it
         )
     try:
         yield process, api_port, flower_port, log_path
@@ -89,12 +90,13 @@ def test_dev_serves_everything_and_stops_cleanly_on_ctrl_c(
 
     log = log_path.read_text()
     assert "(embedded Valkey)" in log
-    for prefix in ("api", "worker-io", "worker-cpu", "beat", "flower"):
+    for prefix in ("valkey", "api", "worker-io", "worker-cpu", "beat", "flower"):
         assert f"\n{prefix:<10} | " in log, prefix
     children = descendants(process.pid)
     assert len(children) >= 6  # five processes, prefork children and Valkey
 
-    process.send_signal(signal.SIGINT)
+    # Ctrl-C in a terminal: SIGINT to every process of the foreground process group
+    os.killpg(process.pid, signal.SIGINT)
     assert process.wait(90) == 0, log_path.read_text()[-4000:]
     left = [pid for pid in children if alive(pid)]
     assert left == [], f"processes left behind: {left}"

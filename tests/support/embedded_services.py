@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tests.support.postgres_databases import PostgresServer
-from workers.dev_stack import reachable_redis
+from workers.embedded_valkey import reachable_redis
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ through both pools with live progress, print the summary, stop everything it sta
 from __future__ import annotations
 
 import json
-import socket
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -20,7 +21,14 @@ from workers.demo.display import StackAccess, progress_view, summary_view
 from workers.demo.receiver import flaky_receiver
 from workers.demo.summary import DemoSummary, summarise
 from workers.demo.workload import WorkloadState, plan_workload, run_workload
-from workers.dev_stack import DEV_API_KEY, ProcessGroup, StackLayout, running_stack
+from workers.dev_stack import (
+    DEV_API_KEY,
+    ProcessGroup,
+    StackLayout,
+    StackStartError,
+    free_port,
+    running_stack,
+)
 from workers.settings import Settings
 from workers.structured_logging import configure_logging
 
@@ -30,6 +38,14 @@ STARTUP_TIMEOUT = 90.0
 
 class DemoError(RuntimeError):
     """The demo could not run: the stack did not come up, or a process of it died."""
+
+
+class DemoInterruptedError(DemoError):
+    """Ctrl-C (SIGINT) or SIGTERM: the demo stops the stack and ends."""
+
+
+#: The exit code of a demo stopped by Ctrl-C, as a shell reports a command SIGINT ended.
+INTERRUPTED_EXIT_CODE = 130
 
 
 @dataclass(frozen=True)
@@ -54,14 +70,11 @@ class DemoTarget:
     group: ProcessGroup | None
 
 
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _deadline_wait(what: str, probe_ok: bool, deadline: float, group: ProcessGroup) -> bool:
+def _deadline_wait(
+    what: str, probe_ok: bool, deadline: float, group: ProcessGroup, stop: threading.Event
+) -> bool:
+    if stop.is_set():
+        raise DemoInterruptedError("interrupted while the stack started")
     dead = group.exited()
     if dead is not None:
         raise DemoError(f"{dead.name} exited while starting; see the stack log")
@@ -83,14 +96,16 @@ def _workers_ready(client: Celery) -> bool:
     return any(n.startswith("io@") for n in nodes) and any(n.startswith("cpu@") for n in nodes)
 
 
-def wait_until_ready(api_url: str, redis_url: str, group: ProcessGroup) -> None:
+def wait_until_ready(
+    api_url: str, redis_url: str, group: ProcessGroup, stop: threading.Event
+) -> None:
     """Wait until the API answers ``/readyz`` and an io and a cpu worker answer a ping."""
     deadline = time.monotonic() + STARTUP_TIMEOUT
-    while not _deadline_wait("the API", _api_ready(api_url), deadline, group):
+    while not _deadline_wait("the API", _api_ready(api_url), deadline, group, stop):
         time.sleep(0.3)
     pinger = Celery("conveyor-demo", broker=redis_url, set_as_current=False)
     try:
-        while not _deadline_wait("the workers", _workers_ready(pinger), deadline, group):
+        while not _deadline_wait("the workers", _workers_ready(pinger), deadline, group, stop):
             time.sleep(0.3)
     finally:
         pinger.close()
@@ -103,7 +118,11 @@ def _first_api_key(settings: Settings) -> str:
 
 @contextmanager
 def demo_target(
-    settings: Settings, environment: dict[str, str], options: DemoOptions, console: Console
+    settings: Settings,
+    environment: dict[str, str],
+    options: DemoOptions,
+    console: Console,
+    stop: threading.Event,
 ) -> Iterator[DemoTarget]:
     """The running API named by ``--api-url``, or a stack started for the block."""
     api_key = options.api_key or _first_api_key(settings)
@@ -111,23 +130,25 @@ def demo_target(
         access = StackAccess(options.api_url.rstrip("/"), "(that stack's Flower)", "-", None)
         yield DemoTarget(access, api_key, None)
         return
-    log_dir = options.state_dir / "demo"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / "stack.log"
+    options.state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = options.state_dir / "stack.log"
     with ExitStack() as resources:
         out = resources.enter_context(log_path.open("w", encoding="utf-8"))
         # this process's own log lines (migrations, ...) join the stack's, off the screen
         configure_logging(settings.log_level, settings.secret_values(), stream=out)
         console.print(f"Starting the stack (logs: {log_path}) ...", highlight=False)
-        stack = resources.enter_context(
-            running_stack(
-                settings,
-                environment,
-                StackLayout(free_port(), free_port(), options.state_dir),
-                out=out,
-                extra_settings={"CONVEYOR_RETRY_SCALE": repr(options.retry_scale)},
+        try:
+            stack = resources.enter_context(
+                running_stack(
+                    settings,
+                    environment,
+                    StackLayout(free_port(), free_port(), options.state_dir),
+                    out=out,
+                    extra_settings={"CONVEYOR_RETRY_SCALE": repr(options.retry_scale)},
+                )
             )
-        )
+        except StackStartError as error:
+            raise DemoError(str(error)) from error
         info = stack.info
         redis_note = "embedded Valkey" if info.embedded_redis else "Redis"
         console.print(
@@ -135,15 +156,20 @@ def demo_target(
             f"API {info.api_url}; Flower {info.flower_url}; retry delays x{options.retry_scale}",
             highlight=False,
         )
-        wait_until_ready(info.api_url, info.redis_url, stack.group)
+        wait_until_ready(info.api_url, info.redis_url, stack.group, stop)
         access = StackAccess(info.api_url, info.flower_url, info.flower_login, str(log_path))
         yield DemoTarget(access, api_key, stack.group)
         console.print("Stopping the stack (warm shutdown) ...", highlight=False)
 
 
-def _watch(states: Iterator[WorkloadState], group: ProcessGroup | None) -> Iterator[WorkloadState]:
-    """``states``, stopping with :class:`DemoError` if a process of the stack dies."""
+def _watch(
+    states: Iterator[WorkloadState], group: ProcessGroup | None, stop: threading.Event
+) -> Iterator[WorkloadState]:
+    """``states``, ending with :class:`DemoError` if a process of the stack dies, or
+    :class:`DemoInterruptedError` once ``stop`` is set."""
     for state in states:
+        if stop.is_set():
+            raise DemoInterruptedError("interrupted")
         dead = group.exited() if group is not None else None
         if dead is not None:
             raise DemoError(f"{dead.name} exited during the workload; see the stack log")
@@ -153,12 +179,36 @@ def _watch(states: Iterator[WorkloadState], group: ProcessGroup | None) -> Itera
 def run_demo(
     settings: Settings, environment: dict[str, str], options: DemoOptions, console: Console
 ) -> int:
-    """Run the demo; 0 when every job finished as planned, 1 otherwise."""
+    """Run the demo; 0 when every job finished as planned, 1 otherwise, 130 on Ctrl-C.
+
+    SIGINT and SIGTERM only set a flag: the demo then stops the stack in order, and a
+    second Ctrl-C cannot cut that short.
+    """
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run_demo(settings, environment, options, console, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_demo(
+    settings: Settings,
+    environment: dict[str, str],
+    options: DemoOptions,
+    console: Console,
+    stop: threading.Event,
+) -> int:
     secret = settings.webhook_signing_secret
     signing_secret = secret.get_secret_value() if secret is not None else ""
     try:
         with (
-            demo_target(settings, environment, options, console) as target,
+            demo_target(settings, environment, options, console, stop) as target,
             flaky_receiver(signing_secret) as receiver,
             ConveyorClient(target.access.api_url, target.api_key, timeout=30) as client,
         ):
@@ -172,7 +222,7 @@ def run_demo(
             state = WorkloadState()
             with progress_view(console) as view:
                 workload = run_workload(client, plan, timeout=options.timeout)
-                for state in _watch(workload, target.group):
+                for state in _watch(workload, target.group, stop):
                     view.show(state)
             summary = summarise(
                 state.jobs.values(),
@@ -183,6 +233,13 @@ def run_demo(
                 ],
             )
             console.print(summary_view(summary, receiver.tally, target.access))
+    except DemoInterruptedError as error:
+        console.print(
+            f"conveyor demo: {error}; the stack has stopped (warm shutdown), and unfinished"
+            " jobs stay queued in the ledger and in Redis",
+            highlight=False,
+        )
+        return INTERRUPTED_EXIT_CODE
     except DemoError as error:
         console.print(f"[bold red]conveyor demo: {error}")
         return 1
