@@ -272,6 +272,30 @@ def start_valkey(group: ProcessGroup, port: int, data_dir: Path) -> None:
         time.sleep(0.05)
 
 
+#: The signals that stop the stack: Ctrl-C, a service manager's stop, a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def stop_requested() -> Iterator[threading.Event]:
+    """An event set by SIGINT, SIGTERM or SIGHUP while the block runs.
+
+    The signals only set it, so the supervisor stops the stack in order and a second
+    Ctrl-C cannot cut that short; the previous handlers come back after the block.
+    """
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_dev_stack(
     settings: Settings,
     environment: Mapping[str, str],
@@ -279,21 +303,15 @@ def run_dev_stack(
     *,
     out: IO[str] | None = None,
 ) -> int:
-    """Run the stack until SIGINT or SIGTERM (exit code 0) or until a process dies (1)."""
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: object) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with running_stack(settings, environment, layout, out=out) as stack:
-            while not stop.wait(0.5):
-                dead = stack.group.exited()
-                if dead is not None:
-                    stack.group.say("conveyor", f"{dead.name} stopped on its own; stopping")
-                    return 1
-            return 0
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    """Run the stack until SIGINT, SIGTERM or SIGHUP (exit code 0) or until a process dies
+    (1)."""
+    with (
+        stop_requested() as stop,
+        running_stack(settings, environment, layout, out=out) as stack,
+    ):
+        while not stop.wait(0.5):
+            dead = stack.group.exited()
+            if dead is not None:
+                stack.group.say("conveyor", f"{dead.name} stopped on its own; stopping")
+                return 1
+        return 0

@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -45,8 +45,18 @@ def dev_stack(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, in
             process.wait(10)
 
 
-def test_dev_serves_everything_and_stops_cleanly_on_ctrl_c(
-    dev_stack: tuple[subprocess.Popen[bytes], int, int, Path],
+@pytest.mark.parametrize(
+    "stop",
+    [
+        # Ctrl-C in a terminal: SIGINT to every process of the foreground process group
+        lambda pid: os.killpg(pid, signal.SIGINT),
+        # the terminal closed
+        lambda pid: os.kill(pid, signal.SIGHUP),
+    ],
+    ids=["ctrl-c", "hangup"],
+)
+def test_dev_serves_everything_and_stops_cleanly(
+    dev_stack: tuple[subprocess.Popen[bytes], int, int, Path], stop: Callable[[int], None]
 ) -> None:
     process, api_port, flower_port, log_path = dev_stack
     api = f"http://127.0.0.1:{api_port}"
@@ -95,8 +105,7 @@ def test_dev_serves_everything_and_stops_cleanly_on_ctrl_c(
     children = descendants(process.pid)
     assert len(children) >= 6  # five processes, prefork children and Valkey
 
-    # Ctrl-C in a terminal: SIGINT to every process of the foreground process group
-    os.killpg(process.pid, signal.SIGINT)
+    stop(process.pid)
     assert process.wait(90) == 0, log_path.read_text()[-4000:]
     left = [pid for pid in children if alive(pid)]
     assert left == [], f"processes left behind: {left}"

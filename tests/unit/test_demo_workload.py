@@ -112,6 +112,7 @@ def test_the_summary_counts_retries_and_figures_per_pool() -> None:
     ]
     summary = summarise(jobs, wall_seconds=5.0, unexpected=["x"])
     assert summary.total == 4
+    assert summary.unfinished == 0
     assert summary.by_status == {"succeeded": 3, "failed": 1}
     assert summary.by_task == {
         "files.digest": {"succeeded": 2}, "webhooks.deliver": {"succeeded": 1, "failed": 1},
@@ -125,3 +126,12 @@ def test_the_summary_counts_retries_and_figures_per_pool() -> None:
     assert [letter.id for letter in summary.dead_letters] == ["job-2"]
     assert summary.latency_p95 == 4.5
     assert summary.as_json()["unexpected"] == ["x"]
+
+
+def test_jobs_still_queued_or_retrying_count_as_unfinished() -> None:
+    jobs = [
+        job(1, "webhooks.deliver", "io", "retrying", attempts=2),
+        job(2, "files.digest", "cpu", "queued", attempts=0),
+        job(3, "files.digest", "cpu", "cancelled"),
+    ]
+    assert summarise(jobs, wall_seconds=1.0).unfinished == 2

@@ -90,7 +90,7 @@ class StackAccess:
     """Where the demo's stack answered, for the closing hints."""
 
     api_url: str
-    flower_url: str
+    flower_url: str | None  # None: a running stack's, which the demo does not know
     flower_login: str
     stack_log: str | None
 
@@ -156,11 +156,16 @@ def summary_view(summary: DemoSummary, tally: ReceiverTally, access: StackAccess
             f"  {d.id}  {d.task}  {d.error} after {d.attempts} attempt(s)"
             for d in summary.dead_letter_examples(6)
         )
+    flower = (
+        f"Flower: {access.flower_url} (login {access.flower_login})"
+        if access.flower_url
+        else "Flower: the running stack's (`conveyor dev` prints its URL and login)"
+    )
     lines.extend(
         [
             (
-                f"Flower: {access.flower_url} (login {access.flower_login}) - Tasks, filtered"
-                " by state FAILURE or RETRY; `conveyor dev` keeps the stack and Flower running."
+                f"{flower} - Tasks, filtered by state FAILURE or RETRY; `conveyor dev` keeps"
+                " the stack and Flower running."
             ),
             f"The ledger: `conveyor jobs list --status failed`; the API: {access.api_url}/docs",
         ]
@@ -170,6 +175,12 @@ def summary_view(summary: DemoSummary, tally: ReceiverTally, access: StackAccess
     if summary.unexpected:
         lines.append(f"[bold red]{len(summary.unexpected)} jobs ended otherwise than planned:")
         lines.extend(f"  {line}" for line in summary.unexpected[:10])
-    else:
+    if summary.unfinished:
+        lines.append(
+            f"[bold red]{summary.unfinished} jobs had not finished when the demo stopped"
+            " waiting[/]: retries wait up to 10 min x CONVEYOR_RETRY_SCALE; raise --timeout,"
+            " or lower the scale (--retry-scale, or the running stack's setting)."
+        )
+    if not summary.unexpected and not summary.unfinished:
         lines.append("Every job ended as planned.")
     return Group(jobs_table(summary), pools_table(summary), *lines)

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from api_shim.client import Job
+from api_shim.client import FINISHED_STATUSES, Job
 
 STATUS_ORDER = ("succeeded", "failed", "cancelled", "retrying", "running", "queued")
 POOL_OF_QUEUE = {"io": "gevent", "cpu": "prefork"}
@@ -103,6 +103,7 @@ class DemoSummary:
     wall_seconds: float
     dead_letters: list[DeadLetter]
     unexpected: list[str]
+    unfinished: int
     jobs: list[JobOutcome]
 
     def dead_letter_examples(self, count: int) -> list[DeadLetter]:
@@ -157,5 +158,6 @@ def summarise(
             key=lambda letter: (letter.task, letter.error, letter.id),
         ),
         unexpected=list(unexpected),
+        unfinished=sum(job.status not in FINISHED_STATUSES for job in jobs),
         jobs=[JobOutcome(job.id, job.task, job.queue, job.status, job.attempts) for job in jobs],
     )
