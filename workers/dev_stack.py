@@ -137,12 +137,13 @@ def conveyor_command(*args: str) -> list[str]:
 
 
 def stack_commands(api_port: int, flower_port: int) -> list[tuple[str, list[str]]]:
-    """The long-running processes of the stack, in start order."""
+    """The long-running processes of the stack, in start order; they stop in reverse: the
+    API (no new jobs), beat, the workers, then Flower, which so sees them go."""
     return [
+        ("flower", conveyor_command("flower", "--port", str(flower_port))),
         ("worker-io", conveyor_command("worker", "io")),
         ("worker-cpu", conveyor_command("worker", "cpu")),
         ("beat", conveyor_command("beat")),
-        ("flower", conveyor_command("flower", "--port", str(flower_port))),
         ("api", conveyor_command("api", "--port", str(api_port))),
     ]
 
