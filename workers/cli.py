@@ -216,6 +216,10 @@ def demo(
     summary_json: Annotated[
         Path | None, typer.Option(help="also write the summary to this file as JSON")
     ] = None,
+    keep_running: Annotated[
+        bool,
+        typer.Option(help="after the summary, keep the stack up (Flower, API) until Ctrl-C"),
+    ] = False,
 ) -> None:
     """Run a realistic mixed workload through both pools, then print a summary.
 
@@ -238,6 +242,7 @@ def demo(
         api_key=api_key,
         state_dir=Path("var") / "demo",
         summary_json=summary_json,
+        keep_running=keep_running,
     )
     # piped output (make demo in a log) gets lines wide enough for the tables
     console = Console(width=None if sys.stdout.isatty() else 120)

@@ -141,8 +141,10 @@ def stack_commands(api_port: int, flower_port: int) -> list[tuple[str, list[str]
     API (no new jobs), beat, the workers, then Flower, which so sees them go."""
     return [
         ("flower", conveyor_command("flower", "--port", str(flower_port))),
-        ("worker-io", conveyor_command("worker", "io")),
-        ("worker-cpu", conveyor_command("worker", "cpu")),
+        # task events from the start, so Flower sees every job, not only those after it
+        # switched events on
+        ("worker-io", conveyor_command("worker", "io", "--task-events")),
+        ("worker-cpu", conveyor_command("worker", "cpu", "--task-events")),
         ("beat", conveyor_command("beat")),
         ("api", conveyor_command("api", "--port", str(api_port))),
     ]

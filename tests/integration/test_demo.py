@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.integration.conftest import Stack
@@ -27,28 +32,77 @@ DEMO_JOBS = 60
 DEMO_DEADLINE = 200
 
 
-def run_demo(
+@dataclass
+class DemoRun:
+    """A running ``conveyor demo``, in a process group of its own as a terminal gives it,
+    and every process seen below it."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    seen: set[int] = field(default_factory=set)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_output(self, pattern: str, timeout: float = DEMO_DEADLINE) -> re.Match[str]:
+        """Wait until the output (white space folded) matches ``pattern``; the match."""
+
+        def matched() -> re.Match[str] | None:
+            self.seen |= descendants(self.process.pid)
+            if self.process.poll() is not None:
+                raise AssertionError(f"the demo exited:\n{self.output()[-4000:]}")
+            return re.search(pattern, " ".join(self.output().split()))
+
+        return wait_for(matched, timeout=timeout, interval=0.2, what=pattern)
+
+    def wait(self, timeout: float = DEMO_DEADLINE) -> int:
+        """Wait for the exit, noting the processes below it meanwhile; the exit code."""
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None and time.monotonic() < deadline:
+            self.seen |= descendants(self.process.pid)
+            time.sleep(0.2)
+        return self.process.wait(10)
+
+    def interrupt(self) -> int:
+        """Ctrl-C in a terminal: SIGINT to every process of the foreground process group."""
+        self.seen |= descendants(self.process.pid)
+        os.killpg(self.process.pid, signal.SIGINT)
+        return self.wait(120)
+
+    def left_behind(self) -> list[int]:
+        return [pid for pid in self.seen if alive(pid)]
+
+
+@contextmanager
+def started_demo(
     directory: Path, *args: str, env: dict[str, str] | None = None
-) -> tuple[int, str, set[int]]:
-    """Run ``conveyor demo`` in ``directory``; its exit code, output and every process it
-    had below it. Without ``env``, on the embedded defaults."""
+) -> Iterator[DemoRun]:
+    """``conveyor demo ARGS`` in ``directory``, killed if still running after the block.
+    Without ``env``, on the embedded defaults."""
     if env is None:
         env = embedded_dev_environment(directory, io_concurrency="50", cpu_concurrency="2")
     log_path = directory / "demo.out"
-    seen: set[int] = set()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [CONVEYOR, "demo", *args], env=env, cwd=directory, stdout=log,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        deadline = time.monotonic() + DEMO_DEADLINE
-        while process.poll() is None and time.monotonic() < deadline:
-            seen |= descendants(process.pid)
-            time.sleep(0.2)
+    try:
+        yield DemoRun(process, log_path)
+    finally:
         if process.poll() is None:
             process.kill()
-        code = process.wait(10)
-    return code, log_path.read_text(errors="replace"), seen
+            process.wait(10)
+
+
+def run_demo(
+    directory: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, str, set[int]]:
+    """Run ``conveyor demo`` to the end; its exit code, output and every process it had
+    below it."""
+    with started_demo(directory, *args, env=env) as demo:
+        code = demo.wait()
+    return code, demo.output(), demo.seen
 
 
 def ledger_rows(database: Path) -> list[dict[str, Any]]:
@@ -139,32 +193,10 @@ def test_demo_uses_a_running_stack_when_given_its_api(
 
 @pytest.mark.timeout(DEMO_DEADLINE + 30)
 def test_ctrl_c_stops_the_demo_and_its_stack_in_order(tmp_path: Path) -> None:
-    env = embedded_dev_environment(tmp_path, io_concurrency="50", cpu_concurrency="2")
-    log_path = tmp_path / "demo.out"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [CONVEYOR, "demo", "--jobs", "5000"], env=env, cwd=tmp_path, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    seen: set[int] = set()
-    try:
-
-        def workload_running() -> bool:
-            seen.update(descendants(process.pid))
-            if process.poll() is not None:
-                raise AssertionError(log_path.read_text(errors="replace")[-4000:])
-            return "Running about" in log_path.read_text(errors="replace")
-
-        wait_for(workload_running, timeout=120, interval=0.2, what="the workload to start")
-        seen |= descendants(process.pid)
-        # Ctrl-C in a terminal: SIGINT to every process of the foreground process group
-        os.killpg(process.pid, signal.SIGINT)
-        code = process.wait(120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-    output = log_path.read_text(errors="replace")
+    with started_demo(tmp_path, "--jobs", "5000") as demo:
+        demo.wait_for_output("Running about", timeout=120)
+        code = demo.interrupt()
+    output = demo.output()
     assert code == 130, output[-4000:]
     assert "interrupted" in output
     stack_log = (tmp_path / "var" / "demo" / "stack.log").read_text()
@@ -172,8 +204,30 @@ def test_ctrl_c_stops_the_demo_and_its_stack_in_order(tmp_path: Path) -> None:
     # the embedded Valkey stopped last, after the workers' warm shutdown
     assert stack_log.rindex("valkey     | exited") > stack_log.rindex("worker-io  | exited")
     assert "did not stop" not in stack_log
-    left = [pid for pid in seen if alive(pid)]
-    assert left == [], f"processes left behind: {left}"
+    assert demo.left_behind() == []
     statuses = Counter(row["status"] for row in ledger_rows(tmp_path / "ledger.db"))
     assert statuses["running"] == 0, statuses  # every started job finished its attempt
     assert statuses["queued"] > 0, statuses  # the rest wait for the next start
+
+
+@pytest.mark.timeout(DEMO_DEADLINE + 30)
+def test_keep_running_leaves_flower_showing_the_failures_until_ctrl_c(tmp_path: Path) -> None:
+    with started_demo(
+        tmp_path, "--jobs", "20", "--keep-running", "--summary-json", "summary.json"
+    ) as demo:
+        found = demo.wait_for_output(r"stays up: .* Flower (http://\S+) \(login (\S+):(\S+)\)")
+        flower, user, password = found.group(1), found.group(2), found.group(3)
+        dead_letters = {
+            letter["id"]
+            for letter in json.loads((tmp_path / "summary.json").read_text())["dead_letters"]
+        }
+        assert httpx.get(f"{flower}/api/tasks", timeout=10).status_code == 401
+        failures = httpx.get(
+            f"{flower}/api/tasks", params={"state": "FAILURE"}, auth=(user, password), timeout=10
+        )
+        assert failures.status_code == 200
+        # the workers send task events from their start, and Flower was up before them
+        assert set(failures.json()) == dead_letters
+        code = demo.interrupt()
+    assert code == 0, demo.output()[-4000:]
+    assert demo.left_behind() == []

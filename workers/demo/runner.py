@@ -22,6 +22,7 @@ from workers.demo.summary import DemoSummary, summarise
 from workers.demo.workload import WorkloadState, plan_workload, run_workload
 from workers.dev_stack import (
     DEV_API_KEY,
+    DevStackInfo,
     ProcessGroup,
     StackLayout,
     StackStartError,
@@ -59,6 +60,7 @@ class DemoOptions:
     api_key: str | None
     state_dir: Path
     summary_json: Path | None
+    keep_running: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,9 +85,9 @@ def _deadline_wait(
     return probe_ok
 
 
-def _api_ready(api_url: str) -> bool:
+def _answers(url: str) -> bool:
     try:
-        return httpx.get(f"{api_url}/readyz", timeout=2).status_code == 200
+        return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -96,14 +98,18 @@ def _workers_ready(client: Celery) -> bool:
     return any(n.startswith("io@") for n in nodes) and any(n.startswith("cpu@") for n in nodes)
 
 
-def wait_until_ready(
-    api_url: str, redis_url: str, group: ProcessGroup, stop: threading.Event
-) -> None:
-    """Wait until the API answers ``/readyz`` and an io and a cpu worker answer a ping."""
+def wait_until_ready(info: DevStackInfo, group: ProcessGroup, stop: threading.Event) -> None:
+    """Wait until Flower and the API answer and an io and a cpu worker answer a ping.
+
+    Flower comes first: it must be listening for task events before the first job runs.
+    """
     deadline = time.monotonic() + STARTUP_TIMEOUT
-    while not _deadline_wait("the API", _api_ready(api_url), deadline, group, stop):
+    flower_health = f"{info.flower_url}/healthcheck"
+    while not _deadline_wait("Flower", _answers(flower_health), deadline, group, stop):
         time.sleep(0.3)
-    pinger = Celery("conveyor-demo", broker=redis_url, set_as_current=False)
+    while not _deadline_wait("the API", _answers(f"{info.api_url}/readyz"), deadline, group, stop):
+        time.sleep(0.3)
+    pinger = Celery("conveyor-demo", broker=info.redis_url, set_as_current=False)
     try:
         while not _deadline_wait("the workers", _workers_ready(pinger), deadline, group, stop):
             time.sleep(0.3)
@@ -161,7 +167,7 @@ def demo_target(
             f"API {info.api_url}; Flower {info.flower_url}; retry delays x{options.retry_scale}",
             highlight=False,
         )
-        wait_until_ready(info.api_url, info.redis_url, stack.group, stop)
+        wait_until_ready(info, stack.group, stop)
         access = StackAccess(info.api_url, info.flower_url, info.flower_login, str(log_path))
         yield DemoTarget(access, api_key, stack.group)
         console.print("Stopping the stack (warm shutdown) ...", highlight=False)
@@ -228,6 +234,12 @@ def _run_demo(
                 ],
             )
             console.print(summary_view(summary, receiver.tally, target.access))
+            if options.summary_json is not None:
+                options.summary_json.write_text(
+                    json.dumps(summary.as_json(), indent=2, default=str)
+                )
+            if options.keep_running and target.group is not None:
+                _stay_up(target, console, stop)
     except DemoInterruptedError as error:
         console.print(
             f"conveyor demo: {error}; the stack has stopped (warm shutdown), and unfinished"
@@ -238,9 +250,24 @@ def _run_demo(
     except DemoError as error:
         console.print(f"[bold red]conveyor demo: {error}")
         return 1
-    if options.summary_json is not None:
-        options.summary_json.write_text(json.dumps(summary.as_json(), indent=2, default=str))
     return _exit_code(summary)
+
+
+def _stay_up(target: DemoTarget, console: Console, stop: threading.Event) -> None:
+    """Keep the started stack running until Ctrl-C, for a look at Flower and the API."""
+    access = target.access
+    # a configured key is a secret: only the dev default is shown, as conveyor dev does
+    key = target.api_key if target.api_key == DEV_API_KEY[1] else "one of CONVEYOR_API_KEYS"
+    console.print(
+        f"The stack stays up: API {access.api_url} (key {key}), Flower"
+        f" {access.flower_url} (login {access.flower_login}). Ctrl-C stops it.",
+        highlight=False,
+    )
+    while not stop.wait(0.5):
+        dead = target.group.exited() if target.group is not None else None
+        if dead is not None:
+            console.print(f"conveyor demo: {dead.name} stopped on its own; stopping")
+            return
 
 
 def _exit_code(summary: DemoSummary) -> int:
