@@ -39,11 +39,22 @@ class StackStartError(RuntimeError):
     """A process of the stack did not come up."""
 
 
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def free_ports(count: int, *, besides: Sequence[int] = ()) -> list[int]:
+    """``count`` distinct TCP ports of 127.0.0.1 that nothing listens on right now, none of
+    them in ``besides``.
+
+    The probing sockets stay open until all are chosen, so the kernel cannot hand out the
+    same port twice.
+    """
+    with contextlib.ExitStack() as probes:
+        ports: list[int] = []
+        while len(ports) < count:
+            probe = probes.enter_context(socket.socket())
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+            if port not in besides:
+                ports.append(port)
+        return ports
 
 
 @dataclass
@@ -238,7 +249,7 @@ def running_stack(
     block begins; :class:`StackStartError` if the embedded Valkey does not answer.
     """
     embedded = not redis_answers(settings.redis_url)
-    valkey_port = free_port()
+    (valkey_port,) = free_ports(1, besides=(layout.api_port, layout.flower_port))
     redis_url = f"redis://127.0.0.1:{valkey_port}/0" if embedded else settings.redis_url
     env = {**environment, **dev_overrides(settings, redis_url), **(extra_settings or {})}
     group = ProcessGroup(env, out)

@@ -13,16 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.api_server import free_port
 from tests.support.polling import wait_for
 from tests.support.processes import alive, descendants
 from tests.support.workers import CONVEYOR, embedded_dev_environment
-from workers.dev_stack import DEV_API_KEY, DEV_FLOWER_LOGIN
+from workers.dev_stack import DEV_API_KEY, DEV_FLOWER_LOGIN, free_ports
 
 
 @pytest.fixture
 def dev_stack(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, int, Path]]:
-    api_port, flower_port = free_port(), free_port()
+    api_port, flower_port = free_ports(2)
     env = embedded_dev_environment(tmp_path, io_concurrency="20", cpu_concurrency="1")
     log_path = tmp_path / "dev.log"
     with log_path.open("wb") as log:

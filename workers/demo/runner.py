@@ -26,7 +26,7 @@ from workers.dev_stack import (
     ProcessGroup,
     StackLayout,
     StackStartError,
-    free_port,
+    free_ports,
     running_stack,
     stop_requested,
 )
@@ -143,6 +143,7 @@ def demo_target(
         return
     options.state_dir.mkdir(parents=True, exist_ok=True)
     log_path = options.state_dir / "stack.log"
+    api_port, flower_port = free_ports(2)
     with ExitStack() as resources:
         out = resources.enter_context(log_path.open("w", encoding="utf-8"))
         # this process's own log lines (migrations, ...) join the stack's, off the screen
@@ -153,7 +154,7 @@ def demo_target(
                 running_stack(
                     settings,
                     environment,
-                    StackLayout(free_port(), free_port(), options.state_dir),
+                    StackLayout(api_port, flower_port, options.state_dir),
                     out=out,
                     extra_settings={"CONVEYOR_RETRY_SCALE": repr(options.retry_scale)},
                 )
