@@ -109,3 +109,34 @@ def test_dev_serves_everything_and_stops_cleanly(
     left = [pid for pid in children if alive(pid)]
     assert left == [], f"processes left behind: {left}"
     assert "stopped" in log_path.read_text().splitlines()[-1]
+
+
+def test_a_supervisor_killed_outright_leaves_no_process_behind(
+    dev_stack: tuple[subprocess.Popen[bytes], int, int, Path],
+) -> None:
+    process, api_port, _, log_path = dev_stack
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"conveyor dev exited:\n{log_path.read_text()[-4000:]}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{api_port}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(ready, timeout=90, interval=0.5, what="the API")
+    children = descendants(process.pid)
+    assert len(children) >= 6
+
+    process.kill()  # no chance to stop anything itself
+    process.wait(10)
+
+    def all_gone() -> bool:
+        return not any(alive(pid) for pid in children)
+
+    try:
+        wait_for(all_gone, timeout=90, interval=0.5, what="the stack's processes to end")
+    finally:
+        for pid in filter(alive, children):  # orphans of a failed run go too
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
