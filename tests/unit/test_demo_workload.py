@@ -135,3 +135,10 @@ def test_jobs_still_queued_or_retrying_count_as_unfinished() -> None:
         job(3, "files.digest", "cpu", "cancelled"),
     ]
     assert summarise(jobs, wall_seconds=1.0).unfinished == 2
+
+
+def test_without_diagnostics_the_plan_has_no_deliberate_failures() -> None:
+    with flaky_receiver("secret") as receiver:
+        plan = plan_workload(100, receiver, diagnostics=False)
+    assert plan.total_jobs == 100
+    assert "diagnostics.fail" not in {p.task for p in plan.initial}

@@ -15,7 +15,7 @@ import httpx
 from celery import Celery
 from rich.console import Console
 
-from api_shim.client import ConveyorClient
+from api_shim.client import ConveyorClient, ConveyorError
 from workers.demo.display import StackAccess, progress_view, summary_view
 from workers.demo.receiver import flaky_receiver
 from workers.demo.summary import DemoSummary, summarise
@@ -214,7 +214,15 @@ def _run_demo(
             flaky_receiver(signing_secret) as receiver,
             ConveyorClient(target.access.api_url, target.api_key, timeout=30) as client,
         ):
-            plan = plan_workload(options.jobs, receiver)
+            catalog = {task.name for task in client.tasks()}
+            diagnostics = "diagnostics.fail" in catalog
+            if not diagnostics:
+                console.print(
+                    "The diagnostics tasks are off (CONVEYOR_DIAGNOSTICS): no deliberate"
+                    " failures in this run.",
+                    highlight=False,
+                )
+            plan = plan_workload(options.jobs, receiver, diagnostics=diagnostics)
             console.print(
                 f"Running about {plan.total_jobs} jobs through the io (gevent) and cpu "
                 f"(prefork) pools; receiver at {receiver.base_url}",
@@ -250,6 +258,9 @@ def _run_demo(
         return INTERRUPTED_EXIT_CODE
     except DemoError as error:
         console.print(f"[bold red]conveyor demo: {error}")
+        return 1
+    except ConveyorError as error:
+        console.print(f"[bold red]conveyor demo: the API refused the workload: {error}")
         return 1
     return _exit_code(summary)
 

@@ -65,14 +65,15 @@ class WorkloadPlan:
         return len(self.initial) + 2 * self.pipelines
 
 
-def plan_workload(jobs: int, receiver: FlakyReceiver) -> WorkloadPlan:
-    """About ``jobs`` jobs: half webhooks, a quarter image pipelines, and deliberate failures.
+def plan_workload(jobs: int, receiver: FlakyReceiver, *, diagnostics: bool = True) -> WorkloadPlan:
+    """About ``jobs`` jobs: half webhooks, a quarter image pipelines, and deliberate failures
+    (``diagnostics.fail``, left out when the catalog does not have ``diagnostics``).
 
     Each image pipeline is three jobs (fetch, then digest and thumbnail of the fetched
     blob); one more fetch asks for an image that does not exist and fails at once.
     """
     jobs = max(jobs, MINIMUM_JOBS)
-    failures = max(len(FAILURE_MIX), jobs // 15)
+    failures = max(len(FAILURE_MIX), jobs // 15) if diagnostics else 0
     pipelines = max(2, jobs // 8)
     webhooks = jobs - failures - 3 * pipelines - 1
     planned: list[PlannedJob] = []
