@@ -16,11 +16,11 @@ import typer
 from pydantic import ValidationError
 
 from api_shim.json_body import JsonDocumentError, parse_json_document
-from api_shim.rendering import job_document
 from api_shim.schemas import MAX_DELAY_SECONDS, JobIn
 from tasks.catalog import Catalog, build_catalog
 from workers.cli_context import ExitCode, command_settings, ledger_access, print_json, refuse
 from workers.enqueue import Accepted, JobRequest, Submission
+from workers.ledger.documents import job_document
 
 #: The client id of every job created on the command line.
 CLIENT_ID = "cli"

@@ -14,7 +14,6 @@ from typing import Annotated, Any
 
 import typer
 
-from api_shim.rendering import job_document, job_row, job_with_history
 from workers import job_control
 from workers.cli_context import (
     EXIT_CODES_HELP,
@@ -26,6 +25,7 @@ from workers.cli_context import (
 )
 from workers.ledger import repository
 from workers.ledger.database import session_scope
+from workers.ledger.documents import job_document, job_row, job_with_history
 from workers.ledger.models import JobStatus
 
 jobs_cli = typer.Typer(

@@ -16,7 +16,6 @@ from starlette.concurrency import run_in_threadpool
 
 from api_shim import errors
 from api_shim.dependencies import Client, Services
-from api_shim.rendering import dumps
 from api_shim.schemas import BlobOut, ErrorEnvelope
 from workers.blob_store import (
     BlobNotFoundError,
@@ -25,6 +24,7 @@ from workers.blob_store import (
     InvalidBlobIdError,
     StoredBlob,
 )
+from workers.ledger.documents import dumps
 
 router = APIRouter(prefix="/v1", tags=["blobs"])
 

@@ -8,8 +8,8 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from api_shim.dependencies import Client, Services
-from api_shim.rendering import dumps
 from api_shim.schemas import ErrorEnvelope, TaskOut
+from workers.ledger.documents import dumps
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorEnvelope} for code in (401, 429, 500, 503)

@@ -12,8 +12,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api_shim.dependencies import Services
 from api_shim.metrics import CONTENT_TYPE
-from api_shim.rendering import dumps
 from api_shim.services import ApiServices
+from workers.ledger.documents import dumps
 from workers.pool_fitness import FitnessCount
 
 logger = logging.getLogger("api_shim")

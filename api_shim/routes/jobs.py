@@ -20,7 +20,6 @@ from starlette.concurrency import run_in_threadpool
 
 from api_shim import errors
 from api_shim.dependencies import Client, Services, json_document
-from api_shim.rendering import dumps, job_document, job_row, job_with_history, jobs_documents
 from api_shim.schemas import BatchIn, BatchOut, ErrorEnvelope, JobIn, JobListOut, JobOut, Status
 from api_shim.services import ApiServices
 from workers import job_control
@@ -28,6 +27,7 @@ from workers.broker import Dispatch
 from workers.enqueue import Accepted, Conflict
 from workers.ledger import queries, repository
 from workers.ledger.database import session_scope
+from workers.ledger.documents import dumps, job_document, job_row, job_with_history, jobs_documents
 from workers.ledger.models import Job
 
 logger = logging.getLogger("api_shim")

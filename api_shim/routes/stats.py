@@ -9,9 +9,9 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from api_shim.dependencies import Client, Services
-from api_shim.rendering import dumps
 from api_shim.schemas import ErrorEnvelope, StatsOut
 from workers.broker import depth_keys, sum_depths
+from workers.ledger.documents import dumps
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorEnvelope} for code in (401, 429, 500, 503)
