@@ -11,18 +11,17 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-from celery import Celery
 from rich.console import Console
 
 from api_shim.client import ConveyorClient, ConveyorError
 from workers.demo.display import StackAccess, progress_view, summary_view
+from workers.demo.errors import DemoError, DemoInterruptedError
+from workers.demo.readiness import wait_until_ready
 from workers.demo.receiver import flaky_receiver
 from workers.demo.summary import DemoSummary, summarise
 from workers.demo.workload import WorkloadState, plan_workload, run_workload
 from workers.dev_stack import (
     DEV_API_KEY,
-    DevStackInfo,
     ProcessGroup,
     StackLayout,
     StackStartError,
@@ -32,18 +31,6 @@ from workers.dev_stack import (
 )
 from workers.settings import Settings
 from workers.structured_logging import configure_logging
-
-#: How long the started stack may take to answer before the demo gives up.
-STARTUP_TIMEOUT = 90.0
-
-
-class DemoError(RuntimeError):
-    """The demo could not run: the stack did not come up, or a process of it died."""
-
-
-class DemoInterruptedError(DemoError):
-    """Ctrl-C (SIGINT) or SIGTERM: the demo stops the stack and ends."""
-
 
 #: The exit code of a demo stopped by Ctrl-C, as a shell reports a command SIGINT ended.
 INTERRUPTED_EXIT_CODE = 130
@@ -70,51 +57,6 @@ class DemoTarget:
     access: StackAccess
     api_key: str
     group: ProcessGroup | None
-
-
-def _deadline_wait(
-    what: str, probe_ok: bool, deadline: float, group: ProcessGroup, stop: threading.Event
-) -> bool:
-    if stop.is_set():
-        raise DemoInterruptedError("interrupted while the stack started")
-    dead = group.exited()
-    if dead is not None:
-        raise DemoError(f"{dead.name} exited while starting; see the stack log")
-    if time.monotonic() > deadline:
-        raise DemoError(f"{what} did not come up within {STARTUP_TIMEOUT:.0f} s")
-    return probe_ok
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _workers_ready(client: Celery) -> bool:
-    replies = client.control.ping(timeout=0.5) or []
-    nodes = [name for reply in replies for name in reply]
-    return any(n.startswith("io@") for n in nodes) and any(n.startswith("cpu@") for n in nodes)
-
-
-def wait_until_ready(info: DevStackInfo, group: ProcessGroup, stop: threading.Event) -> None:
-    """Wait until Flower and the API answer and an io and a cpu worker answer a ping.
-
-    Flower comes first: it must be listening for task events before the first job runs.
-    """
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    flower_health = f"{info.flower_url}/healthcheck"
-    while not _deadline_wait("Flower", _answers(flower_health), deadline, group, stop):
-        time.sleep(0.3)
-    while not _deadline_wait("the API", _answers(f"{info.api_url}/readyz"), deadline, group, stop):
-        time.sleep(0.3)
-    pinger = Celery("conveyor-demo", broker=info.redis_url, set_as_current=False)
-    try:
-        while not _deadline_wait("the workers", _workers_ready(pinger), deadline, group, stop):
-            time.sleep(0.3)
-    finally:
-        pinger.close()
 
 
 def _first_api_key(settings: Settings) -> str:
