@@ -16,7 +16,8 @@ import pytest
 from tests.support.polling import wait_for
 from tests.support.processes import alive, descendants
 from tests.support.workers import CONVEYOR, embedded_dev_environment
-from workers.dev_stack import DEV_API_KEY, DEV_FLOWER_LOGIN, free_ports
+from workers.dev_stack import DEV_API_KEY, DEV_FLOWER_LOGIN
+from workers.supervision import free_ports
 
 
 @pytest.fixture

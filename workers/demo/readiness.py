@@ -9,7 +9,8 @@ import httpx
 from celery import Celery
 
 from workers.demo.errors import DemoError, DemoInterruptedError
-from workers.dev_stack import DevStackInfo, ProcessGroup
+from workers.dev_stack import DevStackInfo
+from workers.supervision import ProcessGroup
 
 #: How long the started stack may take to answer before the demo gives up.
 STARTUP_TIMEOUT = 90.0

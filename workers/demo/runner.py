@@ -20,17 +20,10 @@ from workers.demo.readiness import wait_until_ready
 from workers.demo.receiver import flaky_receiver
 from workers.demo.summary import DemoSummary, summarise
 from workers.demo.workload import WorkloadState, plan_workload, run_workload
-from workers.dev_stack import (
-    DEV_API_KEY,
-    ProcessGroup,
-    StackLayout,
-    StackStartError,
-    free_ports,
-    running_stack,
-    stop_requested,
-)
+from workers.dev_stack import DEV_API_KEY, StackLayout, StackStartError, running_stack
 from workers.settings import Settings
 from workers.structured_logging import configure_logging
+from workers.supervision import ProcessGroup, free_ports, stop_requested
 
 #: The exit code of a demo stopped by Ctrl-C, as a shell reports a command SIGINT ended.
 INTERRUPTED_EXIT_CODE = 130
