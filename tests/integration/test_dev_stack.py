@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,16 +21,22 @@ from workers.dev_stack import DEV_API_KEY, DEV_FLOWER_LOGIN
 from workers.supervision import free_ports
 
 
-@pytest.fixture
-def dev_stack(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, int, Path]]:
+@contextlib.contextmanager
+def started_dev(
+    directory: Path, log_name: str = "dev.log", **settings: str
+) -> Iterator[tuple[subprocess.Popen[bytes], int, int, Path]]:
+    """``conveyor dev`` in ``directory`` on the embedded defaults; its process, API and
+    Flower ports and log. Whatever is still running after the block is killed."""
     api_port, flower_port = free_ports(2)
-    env = embedded_dev_environment(tmp_path, io_concurrency="20", cpu_concurrency="1")
-    log_path = tmp_path / "dev.log"
+    env = embedded_dev_environment(
+        directory, **{"io_concurrency": "20", "cpu_concurrency": "1", **settings}
+    )
+    log_path = directory / log_name
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [CONVEYOR, "dev", "--api-port", str(api_port), "--flower-port", str(flower_port)],
             env=env,
-            cwd=tmp_path,
+            cwd=directory,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a process group of its own, as a terminal gives it
@@ -43,6 +50,26 @@ def dev_stack(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, in
                     os.kill(pid, signal.SIGKILL)
             process.kill()
             process.wait(10)
+
+
+@pytest.fixture
+def dev_stack(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, int, Path]]:
+    with started_dev(tmp_path) as started:
+        yield started
+
+
+def wait_until_ready(process: subprocess.Popen[bytes], api_port: int, log_path: Path) -> None:
+    """Wait until the stack's API answers /readyz."""
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"conveyor dev exited:\n{log_path.read_text()[-4000:]}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{api_port}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(ready, timeout=90, interval=0.5, what="the API")
 
 
 @pytest.mark.parametrize(
@@ -116,16 +143,7 @@ def test_a_supervisor_killed_outright_leaves_no_process_behind(
     dev_stack: tuple[subprocess.Popen[bytes], int, int, Path],
 ) -> None:
     process, api_port, _, log_path = dev_stack
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"conveyor dev exited:\n{log_path.read_text()[-4000:]}")
-        try:
-            return httpx.get(f"http://127.0.0.1:{api_port}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(ready, timeout=90, interval=0.5, what="the API")
+    wait_until_ready(process, api_port, log_path)
     children = descendants(process.pid)
     assert len(children) >= 6
 
@@ -141,3 +159,46 @@ def test_a_supervisor_killed_outright_leaves_no_process_behind(
         for pid in filter(alive, children):  # orphans of a failed run go too
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_jobs_still_queued_at_ctrl_c_run_after_the_next_start(tmp_path: Path) -> None:
+    headers = {"Authorization": f"Bearer {DEV_API_KEY[1]}"}
+    # one greenlet, so most of the jobs are still waiting in Valkey at Ctrl-C
+    with started_dev(tmp_path, "first.log", io_concurrency="1") as (process, port, _, log):
+        wait_until_ready(process, port, log)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers) as client:
+            answer = client.post(
+                "/v1/jobs/batch",
+                json={"jobs": [
+                    {"task": "diagnostics.echo", "args": {"value": n, "sleep_seconds": 0.5}}
+                    for n in range(20)
+                ]},
+            )  # fmt: skip
+            assert answer.status_code == 202, answer.text
+            ids = [job["id"] for job in answer.json()["jobs"]]
+            wait_for(
+                lambda: client.get(f"/v1/jobs/{ids[0]}").json()["status"] == "succeeded",
+                timeout=60, what="the first job",
+            )  # fmt: skip
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(90) == 0, log.read_text()[-4000:]
+    left_over = {row[0] for row in ledger_statuses(tmp_path / "ledger.db") if row[1] == "queued"}
+    assert left_over, "every job had run before Ctrl-C: nothing was left to lose"
+
+    with started_dev(tmp_path, "second.log") as (process, port, _, log):
+        wait_until_ready(process, port, log)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers) as client:
+
+            def all_succeeded() -> bool:
+                return all(
+                    client.get(f"/v1/jobs/{job}").json()["status"] == "succeeded" for job in ids
+                )
+
+            wait_for(all_succeeded, timeout=90, interval=0.5, what="every job to succeed")
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(90) == 0, log.read_text()[-4000:]
+
+
+def ledger_statuses(database: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(database) as connection:
+        return connection.execute("SELECT id, status FROM jobs").fetchall()
