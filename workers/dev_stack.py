@@ -188,9 +188,8 @@ def run_dev_stack(
         stop_requested() as stop,
         running_stack(settings, environment, layout, out=out) as stack,
     ):
-        while not stop.wait(0.5):
-            dead = stack.group.exited()
-            if dead is not None:
-                stack.group.say("conveyor", f"{dead.name} stopped on its own; stopping")
-                return 1
+        dead = stack.group.wait_until(stop)
+        if dead is not None:
+            stack.group.say("conveyor", f"{dead.name} stopped on its own; stopping")
+            return 1
         return 0

@@ -101,6 +101,14 @@ class ProcessGroup:
             None,
         )
 
+    def wait_until(self, stop: threading.Event, poll: float = 0.5) -> StackProcess | None:
+        """Wait until ``stop`` is set (``None``) or a process ends on its own (that one)."""
+        while not stop.wait(poll):
+            dead = self.exited()
+            if dead is not None:
+                return dead
+        return None
+
     def stop_all(self, grace: float = STOP_GRACE) -> None:
         """SIGTERM each process, last started first, waiting for each (then SIGKILL)."""
         for entry in reversed(self._started):

@@ -4,10 +4,11 @@ a process."""
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from workers.supervision import free_ports
 
 
 @dataclass
@@ -34,9 +35,7 @@ class ServiceProcess:
 
 def free_port() -> int:
     """A TCP port of 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def descendants(pid: int) -> set[int]:

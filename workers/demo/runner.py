@@ -183,7 +183,7 @@ def _run_demo(
                     json.dumps(summary.as_json(), indent=2, default=str)
                 )
             if options.keep_running and target.group is not None:
-                _stay_up(target, console, stop)
+                _stay_up(target, target.group, console, stop)
     except DemoInterruptedError as error:
         console.print(
             f"conveyor demo: {error}; the stack has stopped (warm shutdown), and unfinished"
@@ -200,7 +200,9 @@ def _run_demo(
     return _exit_code(summary)
 
 
-def _stay_up(target: DemoTarget, console: Console, stop: threading.Event) -> None:
+def _stay_up(
+    target: DemoTarget, group: ProcessGroup, console: Console, stop: threading.Event
+) -> None:
     """Keep the started stack running until Ctrl-C, for a look at Flower and the API."""
     access = target.access
     # a configured key is a secret: only the dev default is shown, as conveyor dev does
@@ -210,11 +212,9 @@ def _stay_up(target: DemoTarget, console: Console, stop: threading.Event) -> Non
         f" {access.flower_url} (login {access.flower_login}). Ctrl-C stops it.",
         highlight=False,
     )
-    while not stop.wait(0.5):
-        dead = target.group.exited() if target.group is not None else None
-        if dead is not None:
-            console.print(f"conveyor demo: {dead.name} stopped on its own; stopping")
-            return
+    dead = group.wait_until(stop)
+    if dead is not None:
+        console.print(f"conveyor demo: {dead.name} stopped on its own; stopping")
 
 
 def _exit_code(summary: DemoSummary) -> int:
