@@ -22,8 +22,8 @@ install: $(STAMP) ## create .venv and install Conveyor with its development tool
 
 lint: $(STAMP) ## ruff and mypy --strict
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check workers tasks api_shim tests
-	$(BIN)/mypy workers tasks api_shim
+	$(BIN)/ruff format --check conveyor workers tasks api_shim tests
+	$(BIN)/mypy conveyor workers tasks api_shim
 
 test: $(STAMP) ## the whole suite: unit, integration (real Redis/PostgreSQL/workers), chaos
 	$(BIN)/pytest -n $(PYTEST_WORKERS) tests/unit tests/integration tests/chaos

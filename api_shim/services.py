@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import redis
 from redis.asyncio import Redis as AsyncRedis
 from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from api_shim.auth import Authenticator
@@ -24,6 +22,7 @@ from workers.blob_store import BlobStore
 from workers.broker import Publisher, queue_depths
 from workers.enqueue import Enqueuer
 from workers.ledger.database import create_ledger_engine, create_session_factory
+from workers.ledger.database_url import ensure_sqlite_directory
 from workers.pool_fitness import FitnessCount, read_fitness
 from workers.settings import Settings
 
@@ -62,19 +61,12 @@ class ApiServices:
         return list(read_fitness(self.redis))
 
 
-def _ensure_sqlite_directory(url: str) -> None:
-    if url.startswith("sqlite"):
-        database = make_url(url).database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-
-
 @contextmanager
 def open_services(
     settings: Settings, catalog: Catalog, metrics: ApiMetrics
 ) -> Iterator[ApiServices]:
     """Build the services for one API process; close every connection on exit."""
-    _ensure_sqlite_directory(settings.database_url)
+    ensure_sqlite_directory(settings.database_url)
     engine = create_ledger_engine(
         settings.database_url,
         pool_size=settings.database_pool_size,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+from workers.ledger.database_url import is_sqlite
 from workers.ledger.models import Base
 from workers.settings import get_settings
 
@@ -29,7 +30,7 @@ def run_migrations_online() -> None:
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
-            render_as_batch=url.startswith("sqlite"),
+            render_as_batch=is_sqlite(url),
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -325,7 +325,7 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
         )
 
     def _warn_on_pool_mismatch(self, runtime: WorkerRuntime) -> None:
-        expected = {"io": "gevent", "cpu": "prefork"}[self.spec.kind]
+        expected = self.spec.pool
         if runtime.pool in ("gevent", "prefork") and runtime.pool != expected:
             logger.warning(
                 "%s task running in a %s pool; its kind wants %s (sent to the wrong queue?)",

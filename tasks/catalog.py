@@ -24,7 +24,10 @@ from tasks.arguments import (
 from tasks.retry_policy import RetryPolicy, max_attempts
 
 Kind = Literal["io", "cpu"]
-KINDS: tuple[Kind, ...] = ("io", "cpu")
+#: Each kind's queue is consumed by workers with this pool: gevent for tasks that wait on
+#: the network or the disk, prefork for tasks that compute.
+POOL_OF_KIND: Mapping[Kind, str] = {"io": "gevent", "cpu": "prefork"}
+KINDS: tuple[Kind, ...] = tuple(POOL_OF_KIND)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,11 @@ class TaskSpec:
     def queue(self) -> str:
         """The queue is the kind: ``io`` is consumed by gevent workers, ``cpu`` by prefork."""
         return self.kind
+
+    @property
+    def pool(self) -> str:
+        """The worker pool the task's kind wants."""
+        return POOL_OF_KIND[self.kind]
 
     @property
     def max_attempts(self) -> int:

@@ -21,7 +21,7 @@ import redis
 
 from tests.support.embedded_services import RunServices, run_services
 from tests.support.postgres_databases import PostgresServer
-from workers import schema
+from workers.ledger import schema
 
 if TYPE_CHECKING:
     from xdist.workermanage import WorkerController

@@ -9,12 +9,10 @@ from __future__ import annotations
 import os
 import random
 import socket
-from pathlib import Path
 
 import redis
 from celery import Celery
 from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
 
 from tasks.catalog import Catalog
 from workers.blob_store import BlobStore
@@ -22,6 +20,7 @@ from workers.broker import Publisher
 from workers.enqueue import Enqueuer
 from workers.hub_monitor import RunningTasks
 from workers.ledger.database import create_ledger_engine
+from workers.ledger.database_url import ensure_sqlite_directory
 from workers.process_resources import ProcessResources
 from workers.settings import Settings
 
@@ -94,10 +93,7 @@ class WorkerRuntime:
             self._enqueuer = None
             self._redis = None
         url = self.settings.database_url
-        if url.startswith("sqlite"):
-            database = make_url(url).database
-            if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+        ensure_sqlite_directory(url)
         # no pre-ping on the worker's hot path: after a server restart the first failing
         # statement invalidates the whole pool, and the base task defers that one message
         self._engine = create_ledger_engine(

@@ -16,6 +16,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from workers.ledger import database_url
+
 Environment = Literal["dev", "test", "staging", "prod"]
 
 DEV_WEBHOOK_SIGNING_SECRET = "conveyor-dev-signing-secret-not-for-production"  # noqa: S105
@@ -64,14 +66,6 @@ def parse_api_keys(text: str) -> dict[str, SecretStr]:
             raise ValueError(f"client {client_id!r} appears twice")
         keys[client_id] = SecretStr(secret)
     return keys
-
-
-def normalise_database_url(url: str) -> str:
-    """Point every PostgreSQL URL at the psycopg 3 driver."""
-    for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
 
 
 class Settings(BaseSettings):
@@ -130,8 +124,8 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str) -> str:
-        value = normalise_database_url(value)
-        if not value.startswith(("sqlite://", "postgresql+psycopg://")):
+        value = database_url.normalise(value)
+        if not database_url.is_supported(value):
             raise ValueError("must be a sqlite:/// or postgresql:// URL")
         return value
 
@@ -174,7 +168,7 @@ class Settings(BaseSettings):
         return self
 
     def _refuse_unsafe_production(self) -> None:
-        if self.database_url.startswith("sqlite"):
+        if database_url.is_sqlite(self.database_url):
             raise ValueError("CONVEYOR_DATABASE_URL: prod refuses SQLite; use postgresql://")
         if self.api_keys is None or not parse_api_keys(self.api_keys.get_secret_value()):
             raise ValueError("CONVEYOR_API_KEYS: prod needs at least one client_id:secret pair")
@@ -198,11 +192,6 @@ class Settings(BaseSettings):
     def parsed_rate_limit(self) -> RateLimit | None:
         """The per-client limit, or ``None`` when ``off``."""
         return parse_rate_limit(self.rate_limit)
-
-    @property
-    def uses_sqlite(self) -> bool:
-        """Whether the ledger is the embedded SQLite database."""
-        return self.database_url.startswith("sqlite")
 
     def secret_values(self) -> list[str]:
         """Every secret string, so that log redaction can scrub it wherever it appears."""

@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conveyor.devstack.stack import DEV_API_KEY, DEV_FLOWER_LOGIN
+from conveyor.devstack.supervision import free_ports
 from tests.support.polling import wait_for
 from tests.support.processes import alive, descendants
 from tests.support.workers import CONVEYOR, embedded_dev_environment
-from workers.dev_stack import DEV_API_KEY, DEV_FLOWER_LOGIN
-from workers.supervision import free_ports
 
 
 @contextlib.contextmanager

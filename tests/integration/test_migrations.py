@@ -13,7 +13,7 @@ from sqlalchemy.pool import NullPool
 
 from tests.conftest import xdist_index
 from tests.support.postgres_databases import PostgresServer
-from workers import schema
+from workers.ledger import schema
 from workers.ledger.models import Base
 
 

@@ -12,8 +12,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from conveyor.devstack.embedded_valkey import reachable_redis
 from tests.support.postgres_databases import PostgresServer
-from workers.embedded_valkey import reachable_redis
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import psycopg
 from psycopg import sql
 from sqlalchemy import make_url
 
-from workers import schema
+from workers.ledger import schema
 
 
 @dataclass(frozen=True)

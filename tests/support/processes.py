@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.supervision import free_ports
+from conveyor.devstack.supervision import free_ports
 
 
 @dataclass

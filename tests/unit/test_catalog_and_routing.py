@@ -8,9 +8,9 @@ import sys
 import pytest
 from celery.concurrency import get_implementation
 
+from conveyor.cli.processes import worker_command
 from tasks.catalog import ALL_SPECS, DIAGNOSTICS, build_catalog
 from workers.celery_app import KindRouter, connection_cap, create_app
-from workers.cli import worker_command
 from workers.runtime import pool_name_of
 from workers.settings import load_settings
 

@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from api_shim.client import Job
-from workers.demo.receiver import WEBHOOK_SCRIPTS, answer_for, flaky_receiver
-from workers.demo.summary import percentile, summarise
-from workers.demo.workload import MINIMUM_JOBS, WorkloadState, follow_ups, plan_workload
+from conveyor.demo.receiver import WEBHOOK_SCRIPTS, answer_for, flaky_receiver
+from conveyor.demo.summary import percentile, summarise
+from conveyor.demo.workload import MINIMUM_JOBS, WorkloadState, follow_ups, plan_workload
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -17,7 +17,9 @@ from celery.bin.celery import celery as celery_group
 from celery.worker.control import Panel
 from typer.testing import CliRunner
 
-from workers.cli import POOL_OF_KIND, cli, worker_command
+from conveyor.cli.main import cli
+from conveyor.cli.processes import worker_command
+from tasks.catalog import POOL_OF_KIND
 from workers.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

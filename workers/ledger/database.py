@@ -10,6 +10,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from workers.ledger.database_url import is_sqlite
+
 
 def _configure_sqlite(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
     # Several processes share the file: WAL lets readers run beside the writer and the
@@ -39,7 +41,7 @@ def create_ledger_engine(
     ``statement_timeout_ms`` bounds every PostgreSQL statement, so a request never hangs
     on a stuck server.
     """
-    if url.startswith("sqlite"):
+    if is_sqlite(url):
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30},

@@ -14,16 +14,16 @@ from pathlib import Path
 from rich.console import Console
 
 from api_shim.client import ConveyorClient, ConveyorError
-from workers.demo.display import StackAccess, progress_view, summary_view
-from workers.demo.errors import DemoError, DemoInterruptedError
-from workers.demo.readiness import wait_until_ready
-from workers.demo.receiver import flaky_receiver
-from workers.demo.summary import DemoSummary, summarise
-from workers.demo.workload import WorkloadState, plan_workload, run_workload
-from workers.dev_stack import DEV_API_KEY, StackLayout, StackStartError, running_stack
+from conveyor.demo.display import StackAccess, progress_view, summary_view
+from conveyor.demo.errors import DemoError, DemoInterruptedError
+from conveyor.demo.readiness import wait_until_ready
+from conveyor.demo.receiver import flaky_receiver
+from conveyor.demo.summary import DemoSummary, summarise
+from conveyor.demo.workload import WorkloadState, plan_workload, run_workload
+from conveyor.devstack.stack import DEV_API_KEY, StackLayout, StackStartError, running_stack
+from conveyor.devstack.supervision import ProcessGroup, free_ports, stop_requested
 from workers.settings import Settings
 from workers.structured_logging import configure_logging
-from workers.supervision import ProcessGroup, free_ports, stop_requested
 
 #: The exit code of a demo stopped by Ctrl-C, as a shell reports a command SIGINT ended.
 INTERRUPTED_EXIT_CODE = 130

@@ -10,19 +10,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
-from pathlib import Path
 from typing import Any, NoReturn
 
 import redis
 import typer
 from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from workers.broker import Publisher
 from workers.enqueue import Enqueuer
 from workers.ledger.database import create_ledger_engine, create_session_factory
+from workers.ledger.database_url import missing_sqlite_file
 from workers.settings import Settings, SettingsError, get_settings
 from workers.structured_logging import Redactor, configure_logging
 
@@ -77,15 +76,6 @@ class LedgerAccess:
     enqueuer: Enqueuer
 
 
-def _missing_sqlite_file(url: str) -> str | None:
-    if not url.startswith("sqlite"):
-        return None
-    database = make_url(url).database
-    if database and database != ":memory:" and not Path(database).exists():
-        return database
-    return None
-
-
 def _reason(error: SQLAlchemyError, settings: Settings) -> str:
     original = getattr(error, "orig", None)
     text = str(original if original is not None else error).strip()
@@ -100,7 +90,7 @@ def ledger_access(settings: Settings) -> Iterator[LedgerAccess]:
     A database failure inside the block ends the command with exit 1 and the reason.
     Redis failures are the enqueuer's to handle: the outbox keeps what it could not publish.
     """
-    missing = _missing_sqlite_file(settings.database_url)
+    missing = missing_sqlite_file(settings.database_url)
     if missing is not None:
         refuse(
             ExitCode.DEPENDENCY, f"the SQLite ledger {missing} does not exist; run conveyor migrate"

@@ -8,12 +8,12 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from api_shim.client import FINISHED_STATUSES, Job
+from tasks.catalog import POOL_OF_KIND, Kind
 
 STATUS_ORDER = ("succeeded", "failed", "cancelled", "retrying", "running", "queued")
-POOL_OF_QUEUE = {"io": "gevent", "cpu": "prefork"}
 
 
 def percentile(values: Sequence[float], fraction: float) -> float | None:
@@ -56,7 +56,7 @@ def pool_figures(queue: str, jobs: Sequence[Job]) -> PoolFigures:
     ]
     return PoolFigures(
         queue=queue,
-        pool=POOL_OF_QUEUE.get(queue, "?"),
+        pool=POOL_OF_KIND.get(cast(Kind, queue), "?"),
         jobs=len(jobs),
         finished=len(finished),
         busy_seconds=round(busy, 3),

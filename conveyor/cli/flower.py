@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from workers.cli_context import ExitCode, command_settings, refuse
+from conveyor.cli.context import ExitCode, command_settings, refuse
 from workers.settings import Settings
 
 #: The variable Flower reads its ``--basic-auth`` option from.

@@ -65,7 +65,13 @@ class ProcessGroup:
     def start(self, name: str, command: Sequence[str]) -> StackProcess:
         """Start ``command`` in a session of its own; its output goes to ``out``."""
         # through parent_watch: if this supervisor is killed outright, the process is told
-        watched = [sys.executable, "-m", "workers.parent_watch", str(os.getpid()), *command]
+        watched = [
+            sys.executable,
+            "-m",
+            "conveyor.devstack.parent_watch",
+            str(os.getpid()),
+            *command,
+        ]
         process = subprocess.Popen(  # noqa: S603 - our own fixed commands
             watched,
             env=self._env,

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.engine import make_url
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from workers.ledger.database_url import ensure_sqlite_directory
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def alembic_config(database_url: str) -> Config:
@@ -20,16 +21,9 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
-def _ensure_sqlite_directory(database_url: str) -> None:
-    if database_url.startswith("sqlite"):
-        database = make_url(database_url).database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-
-
 def upgrade(database_url: str, revision: str = "head") -> None:
     """Migrate the ledger at ``database_url`` up to ``revision``."""
-    _ensure_sqlite_directory(database_url)
+    ensure_sqlite_directory(database_url)
     command.upgrade(alembic_config(database_url), revision)
 
 

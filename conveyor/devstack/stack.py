@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from workers.embedded_valkey import redis_answers, valkey_command
-from workers.schema import upgrade
+from conveyor.devstack.embedded_valkey import redis_answers, valkey_command
+from conveyor.devstack.supervision import ProcessGroup, free_ports, stop_requested
+from workers.ledger.schema import upgrade
 from workers.settings import Settings
-from workers.supervision import ProcessGroup, free_ports, stop_requested
 
 #: What ``conveyor dev`` fills in when the environment leaves them unset (dev only).
 DEV_API_KEY = ("dev", "conveyor-dev-api-key")
@@ -33,7 +33,7 @@ class StackStartError(RuntimeError):
 
 def conveyor_command(*args: str) -> list[str]:
     """``conveyor ARGS`` run by this interpreter (no reliance on PATH)."""
-    return [sys.executable, "-m", "workers.cli", *args]
+    return [sys.executable, "-m", "conveyor.cli.main", *args]
 
 
 def stack_commands(api_port: int, flower_port: int) -> list[tuple[str, list[str]]]:

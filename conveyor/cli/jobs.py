@@ -14,8 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from workers import job_control
-from workers.cli_context import (
+from conveyor.cli.context import (
     EXIT_CODES_HELP,
     ExitCode,
     command_settings,
@@ -23,6 +22,7 @@ from workers.cli_context import (
     print_json,
     refuse,
 )
+from workers import job_control
 from workers.ledger import repository
 from workers.ledger.database import session_scope
 from workers.ledger.documents import job_document, job_row, job_with_history

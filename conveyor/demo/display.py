@@ -18,9 +18,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from api_shim.client import FINISHED_STATUSES
-from workers.demo.receiver import ReceiverTally
-from workers.demo.summary import STATUS_ORDER, DemoSummary
-from workers.demo.workload import WorkloadState
+from conveyor.demo.receiver import ReceiverTally
+from conveyor.demo.summary import STATUS_ORDER, DemoSummary
+from conveyor.demo.workload import WorkloadState
 
 #: Seconds between two progress lines when the output is not a terminal.
 PLAIN_PROGRESS_EVERY = 5.0

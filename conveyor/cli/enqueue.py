@@ -17,8 +17,8 @@ from pydantic import ValidationError
 
 from api_shim.json_body import JsonDocumentError, parse_json_document
 from api_shim.schemas import MAX_DELAY_SECONDS, JobIn
+from conveyor.cli.context import ExitCode, command_settings, ledger_access, print_json, refuse
 from tasks.catalog import Catalog, build_catalog
-from workers.cli_context import ExitCode, command_settings, ledger_access, print_json, refuse
 from workers.enqueue import Accepted, JobRequest, Submission
 from workers.ledger.documents import job_document
 

@@ -1,6 +1,6 @@
 """Run a command that ends when the process that started it dies, even by SIGKILL.
 
-``python -m workers.parent_watch COMMAND...`` asks Linux to send SIGTERM to this process
+``python -m conveyor.devstack.parent_watch COMMAND...`` asks Linux to send SIGTERM to this process
 when its parent dies (``PR_SET_PDEATHSIG``), then becomes COMMAND by exec, which keeps the
 request. The stack's supervisor starts every process this way, so a supervisor killed
 outright leaves no worker, Flower or Valkey behind. Elsewhere than Linux it only execs.
@@ -27,7 +27,7 @@ def watch_parent(parent: int) -> None:
 
 
 def main() -> None:
-    """``python -m workers.parent_watch PARENT_PID COMMAND...``."""
+    """``python -m conveyor.devstack.parent_watch PARENT_PID COMMAND...``."""
     parent, command = int(sys.argv[1]), sys.argv[2:]
     watch_parent(parent)
     os.execvp(command[0], command)  # noqa: S606 - the supervisor's own fixed command

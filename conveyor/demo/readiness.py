@@ -8,9 +8,9 @@ import time
 import httpx
 from celery import Celery
 
-from workers.demo.errors import DemoError, DemoInterruptedError
-from workers.dev_stack import DevStackInfo
-from workers.supervision import ProcessGroup
+from conveyor.demo.errors import DemoError, DemoInterruptedError
+from conveyor.devstack.stack import DevStackInfo
+from conveyor.devstack.supervision import ProcessGroup
 
 #: How long the started stack may take to answer before the demo gives up.
 STARTUP_TIMEOUT = 90.0

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from api_shim.client import FINISHED_STATUSES, ConveyorClient, Job, JobSpec
-from workers.demo.receiver import FlakyReceiver
+from conveyor.demo.receiver import FlakyReceiver
 
 #: Webhook behaviours in the proportions the demo sends them (twelve in twenty answer at
 #: once), in an order that puts every kind among the first seven.
