@@ -20,10 +20,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install Conveyor with its development tools
 
-lint: $(STAMP) ## ruff and mypy --strict
+lint: $(STAMP) ## ruff, mypy --strict and the import contract between the layers
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check conveyor workers tasks api_shim tests
 	$(BIN)/mypy conveyor workers tasks api_shim
+	$(BIN)/lint-imports
 
 test: $(STAMP) ## the whole suite: unit, integration (real Redis/PostgreSQL/workers), chaos
 	$(BIN)/pytest -n $(PYTEST_WORKERS) tests/unit tests/integration tests/chaos

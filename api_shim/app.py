@@ -27,8 +27,7 @@ from api_shim.services import open_services
 from tasks.catalog import Catalog, build_catalog
 from workers.settings import Settings, get_settings
 from workers.structured_logging import configure_logging
-
-VERSION = "0.1.0"
+from workers.version import VERSION
 
 
 def create_api(settings: Settings, catalog: Catalog | None = None) -> FastAPI:

@@ -38,7 +38,7 @@ class _Pending:
     future: asyncio.Future[Accepted | Conflict]
 
 
-def _settle(
+def _resolve(
     future: asyncio.Future[Accepted | Conflict], outcome: Accepted | Conflict | BaseException
 ) -> None:
     if future.done():  # the request was cancelled (client went away)
@@ -50,7 +50,7 @@ def _settle(
 
 
 class EnqueueBatcher:
-    """Runs :meth:`Enqueuer.enqueue` on a writer thread for many requests at once."""
+    """Runs :meth:`Enqueuer.record_and_publish` on a writer thread for many requests at once."""
 
     def __init__(self, enqueuer: Enqueuer, *, max_jobs: int = _MAX_JOBS_PER_ROUND) -> None:
         self._enqueuer = enqueuer
@@ -125,4 +125,4 @@ class EnqueueBatcher:
             self._unmarked = list(recorded.published)
             outcomes = recorded.answers
         for pending, outcome in zip(round_, outcomes, strict=True):
-            pending.loop.call_soon_threadsafe(_settle, pending.future, outcome)
+            pending.loop.call_soon_threadsafe(_resolve, pending.future, outcome)

@@ -10,6 +10,8 @@ from typing import Any
 
 from starlette.responses import Response
 
+from api_shim.intake import JobRefusedError, RefusalReason
+
 logger = logging.getLogger("api_shim")
 
 
@@ -89,14 +91,17 @@ def validation_error(message: str, details: Any = None) -> ApiError:
     return ApiError(422, "validation_error", message, details=details)
 
 
-def unknown_task(name: str, location: str) -> ApiError:
-    """422: the task is not in the catalog (internal ``celery.*`` names included)."""
-    return ApiError(
-        422,
-        "unknown_task",
-        f"{location}: unknown task {name!r}; GET /v1/tasks lists the catalog",
-        details=[{"loc": location, "msg": f"unknown task {name!r}"}],
-    )
+def job_refused(refusal: JobRefusedError) -> ApiError:
+    """422 ``validation_error`` or ``unknown_task``: the intake refused the job request.
+
+    An unknown task covers internal ``celery.*`` names too; the message says where the
+    catalog is listed.
+    """
+    if refusal.reason is RefusalReason.UNKNOWN_TASK:
+        message = f"{refusal.message}; GET /v1/tasks lists the catalog"
+    else:
+        message = refusal.message
+    return ApiError(422, refusal.reason.value, message, details=refusal.details)
 
 
 def rate_limited(headers: Mapping[str, str]) -> ApiError:

@@ -1,4 +1,10 @@
-"""Turning a job request into ledger jobs: checked against the catalog, scheduled, fingerprinted.
+"""The one intake of jobs: a request checked against the catalog, scheduled and fingerprinted.
+
+The HTTP API and ``conveyor enqueue`` both turn what they were given into a
+:class:`workers.enqueue.Submission` here, then record and publish it with
+:class:`workers.enqueue.Enqueuer`. A request that cannot become a job raises
+:class:`JobRefusedError`, which names no transport: the API answers it with a 422 and the
+command line with exit code 2.
 
 Only the light catalog is consulted (names, kinds, argument models); no task
 implementation is imported, and a name outside the catalog never reaches the broker.
@@ -9,19 +15,52 @@ from __future__ import annotations
 import os
 import random
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from api_shim import errors
 from api_shim.schemas import MAX_DELAY_SECONDS, BatchIn, JobIn
 from tasks.catalog import Catalog
 from workers.enqueue import JobRequest, Submission
 
 _MAX_DETAILS = 20
 M = TypeVar("M", bound=BaseModel)
+
+
+class RefusalReason(StrEnum):
+    """Why a request did not become a job."""
+
+    INVALID = "validation_error"  # not a valid job document, or arguments the task refuses
+    UNKNOWN_TASK = "unknown_task"  # the task is not in the catalog
+
+
+class JobRefusedError(Exception):
+    """A job request was refused: where (``location``), what was wrong, and every problem."""
+
+    def __init__(
+        self,
+        reason: RefusalReason,
+        location: str,
+        problem: str,
+        details: Sequence[Mapping[str, str]] | None = None,
+        *,
+        more: int = 0,
+    ) -> None:
+        self.reason = reason
+        self.location = location
+        self.problem = problem
+        self.more = more  # further problems beyond the first
+        self.details = list(details) if details is not None else [{"loc": location, "msg": problem}]
+        suffix = f" (and {more} more)" if more else ""
+        super().__init__(f"{location}: {problem}{suffix}")
+
+    @property
+    def message(self) -> str:
+        """``location: problem``, and how many more problems there are."""
+        return str(self)
 
 
 def location(parts: Sequence[int | str]) -> str:
@@ -32,15 +71,19 @@ def location(parts: Sequence[int | str]) -> str:
     return text or "body"
 
 
-def _refusal(error: ValidationError, prefix: Sequence[int | str] = ()) -> errors.ApiError:
+def _invalid(error: ValidationError, prefix: Sequence[int | str] = ()) -> JobRefusedError:
     details = [
         {"loc": location([*prefix, *item["loc"]]), "msg": item["msg"], "type": item["type"]}
         for item in error.errors(include_url=False, include_input=False)[:_MAX_DETAILS]
     ]
     first = details[0]
-    more = error.error_count() - 1
-    suffix = f" (and {more} more)" if more else ""
-    return errors.validation_error(f"{first['loc']}: {first['msg']}{suffix}", details)
+    return JobRefusedError(
+        RefusalReason.INVALID,
+        first["loc"],
+        first["msg"],
+        details,
+        more=error.error_count() - 1,
+    )
 
 
 class JobIds:
@@ -73,21 +116,23 @@ class JobIntake:
         self._ids = JobIds()
 
     def single(
-        self, document: Any, *, client_id: str, request_id: str, header_key: str | None
+        self, document: Any, *, client_id: str, request_id: str, header_key: str | None = None
     ) -> Submission:
-        """One ``POST /v1/jobs`` body; the ``Idempotency-Key`` header may carry its key."""
+        """One job document; ``header_key`` is an idempotency key given beside it."""
         job = self._model(JobIn, document, ())
         if header_key is not None:
             if job.idempotency_key is not None and job.idempotency_key != header_key:
-                raise errors.validation_error(
-                    "the Idempotency-Key header and the body's idempotency_key differ"
+                raise JobRefusedError(
+                    RefusalReason.INVALID,
+                    "idempotency_key",
+                    "the Idempotency-Key header and the body's idempotency_key differ",
                 )
             # validated like the body field: same length and character rules
             job = self._model(JobIn, {**document, "idempotency_key": header_key}, ())
         return Submission((self._prepare(job, (), client_id, request_id),))
 
     def batch(self, document: Any, *, client_id: str, request_id: str) -> Submission:
-        """One ``POST /v1/jobs/batch`` body; any invalid item refuses the whole batch."""
+        """A batch document (``{"jobs": [...]}``); any invalid item refuses the whole batch."""
         batch = self._model(BatchIn, document, ())
         return Submission(
             tuple(
@@ -99,22 +144,23 @@ class JobIntake:
     @staticmethod
     def _model(model: type[M], document: Any, prefix: Sequence[int | str]) -> M:
         if not isinstance(document, dict):
-            raise errors.validation_error(f"{location(prefix)}: expected a JSON object")
+            raise JobRefusedError(RefusalReason.INVALID, location(prefix), "expected a JSON object")
         try:
             return model.model_validate(document)
         except ValidationError as error:
-            raise _refusal(error, prefix) from None
+            raise _invalid(error, prefix) from None
 
     def _prepare(
         self, job: JobIn, prefix: Sequence[int | str], client_id: str, request_id: str
     ) -> JobRequest:
         spec = self._catalog.get(job.task)
         if spec is None:
-            raise errors.unknown_task(job.task, location([*prefix, "task"]))
+            where = location([*prefix, "task"])
+            raise JobRefusedError(RefusalReason.UNKNOWN_TASK, where, f"unknown task {job.task!r}")
         try:
             spec.arguments.model_validate(job.args)
         except ValidationError as error:
-            raise _refusal(error, [*prefix, "args"]) from None
+            raise _invalid(error, [*prefix, "args"]) from None
         return JobRequest(
             job_id=self._ids.new(),
             client_id=client_id,
@@ -126,20 +172,21 @@ class JobIntake:
             fingerprint=job.fingerprint(),
             idempotency_key=job.idempotency_key,
             request_id=request_id,
-            scheduled_for=self._schedule(job),
+            scheduled_for=self._schedule(job, prefix),
         )
 
-    def _schedule(self, job: JobIn) -> datetime | None:
+    def _schedule(self, job: JobIn, prefix: Sequence[int | str]) -> datetime | None:
         if job.delay_seconds:
             return self._clock() + timedelta(seconds=job.delay_seconds)
         if job.run_at is not None:
             now = self._clock()
+            where = location([*prefix, "run_at"])
             try:
                 run_at = job.run_at.astimezone(UTC)
             except OverflowError:
-                raise errors.validation_error("run_at: out of range") from None
+                raise JobRefusedError(RefusalReason.INVALID, where, "out of range") from None
             if run_at > now + timedelta(seconds=MAX_DELAY_SECONDS):
-                raise errors.validation_error("run_at: at most 30 days ahead")
+                raise JobRefusedError(RefusalReason.INVALID, where, "at most 30 days ahead")
             # a time already past means now
             return max(run_at, now)
         return None

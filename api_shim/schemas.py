@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 from workers.broker import Priority
+from workers.ledger.models import PRINTABLE_ASCII
 
 MAX_BATCH = 1000
 MAX_DELAY_SECONDS = 30 * 24 * 3600
@@ -32,7 +33,7 @@ class JobIn(BaseModel):
     task: str = Field(min_length=1, max_length=200, examples=["diagnostics.echo"])
     args: dict[str, JsonValue] = Field(default_factory=dict, examples=[{"value": "hello"}])
     idempotency_key: str | None = Field(
-        default=None, min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$"
+        default=None, min_length=1, max_length=200, pattern=PRINTABLE_ASCII
     )
     priority: Priority = "normal"
     # strict: JSON true is not a one-second delay

@@ -23,7 +23,7 @@ from celery import Celery, Task
 
 from tasks.io.webhooks import encode_payload
 from tasks.outbound_http import KEEPALIVE_PER_CLIENT, HttpClientPool, guarded_client
-from tasks.webhooks import signature_headers
+from tasks.webhook_signature import signature_headers
 from workers.settings import DEV_WEBHOOK_SIGNING_SECRET
 
 TASK = "plain.webhooks.deliver"

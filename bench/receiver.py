@@ -19,7 +19,7 @@ from typing import Any
 
 import uvicorn
 
-from tasks.webhooks import verify_signature
+from tasks.webhook_signature import verify_signature
 
 Scope = dict[str, Any]
 Message = dict[str, Any]

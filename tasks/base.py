@@ -27,9 +27,9 @@ from tasks.catalog import TaskSpec
 from tasks.errors import InvalidArgumentsError, PoisonJobError
 from tasks.retry_policy import DEPENDENCY, POISON_AFTER_LOST_ATTEMPTS, UNEXPECTED, policy_for
 from workers.blob_store import BlobStore
-from workers.ledger import repository as ledger
+from workers.ledger import attempts as ledger
+from workers.ledger.attempts import AttemptStart, Delivery, ErrorInfo, Runner, Verdict
 from workers.ledger.models import JobStatus
-from workers.ledger.repository import AttemptStart, ErrorInfo, NewJob, Runner, Verdict
 from workers.pool_fitness import record_pool_mismatch
 from workers.process_resources import ProcessResources
 from workers.runtime import WorkerRuntime, runtime_of
@@ -131,7 +131,7 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
             f"the worker died during {POISON_AFTER_LOST_ATTEMPTS} attempts; not run again",
             poison_id,
         )
-        new = NewJob(
+        delivery = Delivery(
             job_id=job_id,
             task=self.name,
             queue=self.spec.queue,
@@ -142,7 +142,11 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
         if runtime.engine.dialect.name == "postgresql":
             with runtime.outcome_engine.connect() as connection:
                 fast = ledger.try_begin_attempt(
-                    connection, new, generation=generation, runner=self._runner(runtime), now=_now()
+                    connection,
+                    delivery,
+                    generation=generation,
+                    runner=self._runner(runtime),
+                    now=_now(),
                 )
             if fast is not None:
                 self._warn_on_pool_mismatch(runtime)
@@ -150,7 +154,7 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
         with runtime.engine.begin() as connection:
             start = ledger.begin_attempt(
                 connection,
-                new,
+                delivery,
                 generation=generation,
                 runner=self._runner(runtime),
                 poison_after=POISON_AFTER_LOST_ATTEMPTS,

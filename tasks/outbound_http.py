@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from importlib import metadata
 from urllib.parse import urljoin, urlsplit
 
 import httpcore
@@ -23,6 +22,7 @@ import httpx
 from tasks.errors import PermanentError, RateLimitedError, TransientError
 from tasks.network_guard import AddressGuard, GuardedNetworkBackend
 from workers.settings import Settings
+from workers.version import VERSION
 
 #: Answers that mean "try again later"; every other non-2xx answer is final.
 RETRYABLE_STATUSES = frozenset({408, 425, 429, *range(500, 600)})
@@ -32,14 +32,7 @@ HINTING_STATUSES = frozenset({429, 503})
 _LONGEST_HINT = 86_400.0
 
 
-def _version() -> str:
-    try:
-        return metadata.version("conveyor")
-    except metadata.PackageNotFoundError:
-        return "0"
-
-
-USER_AGENT = f"conveyor/{_version()}"
+USER_AGENT = f"conveyor/{VERSION}"
 
 
 class GuardedTransport(httpx.HTTPTransport):

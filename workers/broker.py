@@ -21,7 +21,6 @@ import redis
 from tasks.catalog import KINDS
 
 Priority = Literal["high", "normal", "low"]
-PRIORITIES: tuple[Priority, ...] = ("high", "normal", "low")
 
 # kombu's Redis transport keeps one list per priority step and pops the lowest step first;
 # a plain ``send_task`` without a priority lands on step 0, the ``high`` lane

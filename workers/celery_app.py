@@ -118,7 +118,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> ConveyorCe
         beat_scheduler="celery.beat:Scheduler",
         include=catalog.modules(),
     )
-    app.runtime = WorkerRuntime(settings, catalog)
+    app.runtime = WorkerRuntime(settings)
     register_relay(app)
     _connect_worker_signals(app)
     return app

@@ -22,12 +22,9 @@ from sqlalchemy import Connection, Engine
 from workers.broker import Dispatch, Priority, Publisher
 from workers.ledger import outbox
 from workers.ledger.models import JobStatus
+from workers.ledger.outbox import RELAY_GRACE
 
 logger = logging.getLogger(__name__)
-
-#: How long a job just recorded waits before the relay may publish it in the publisher's
-#: place: longer than a healthy publish takes, short enough to notice a crash quickly.
-RELAY_GRACE = timedelta(seconds=15)
 
 
 def _utcnow() -> datetime:
@@ -131,21 +128,15 @@ class Enqueuer:
         self._clock = clock
         self._grace = relay_grace
 
-    def enqueue(self, submissions: Sequence[Submission]) -> list[Accepted | Conflict]:
-        """Record every submission in one transaction, publish the jobs due now, mark them.
-
-        Raises the database's error if the ledger cannot be written (nothing is recorded
-        then). A broker failure is logged, not raised: the jobs are recorded, and the
-        relay publishes them once Redis answers again.
-        """
-        recorded = self.record_and_publish(submissions)
-        self.mark_published(recorded.published)
-        return recorded.answers
-
     def record_and_publish(
         self, submissions: Sequence[Submission], *, marks: Sequence[str] = ()
     ) -> Recorded:
-        """Record and publish, leaving the published jobs to be marked by the caller.
+        """Record every submission in one transaction, then publish the jobs due now.
+
+        Raises the database's error if the ledger cannot be written (nothing is recorded
+        then). A broker failure is logged, not raised: the jobs are recorded, and the
+        relay publishes them once Redis answers again. The published jobs are left for the
+        caller to take out of the outbox (:meth:`mark_published`).
 
         ``marks`` are jobs published earlier and not yet marked; they are marked in the
         same transaction, which saves a commit per round under load.
@@ -163,7 +154,7 @@ class Enqueuer:
                 outbox.mark_published(connection, marks, now)
             inserted = outbox.insert_new_jobs(connection, ordered)
             answers = [
-                self._settle(connection, submission, inserted, rows_by_id)
+                self._answer(connection, submission, inserted, rows_by_id)
                 for submission, rows_by_id in _rows_by_submission(submissions, rows)
             ]
         due = [
@@ -259,7 +250,7 @@ class Enqueuer:
         return job.scheduled_for is None or job.scheduled_for <= now
 
     @staticmethod
-    def _settle(
+    def _answer(
         connection: Connection,
         submission: Submission,
         inserted: set[str],

@@ -1,4 +1,4 @@
-"""Per-process worker resources: settings, catalog, the pool in use and the ledger engine.
+"""Per-process worker resources: settings, the pool in use and the ledger engine.
 
 The engine is created lazily in the process that uses it, so a prefork child never
 inherits its parent's pooled connections.
@@ -14,7 +14,6 @@ import redis
 from celery import Celery
 from sqlalchemy import Engine
 
-from tasks.catalog import Catalog
 from workers.blob_store import BlobStore
 from workers.broker import Publisher
 from workers.enqueue import Enqueuer
@@ -38,9 +37,8 @@ def pool_name_of(pool_cls: object) -> str:
 class WorkerRuntime:
     """Resources one worker process hands to the tasks it runs."""
 
-    def __init__(self, settings: Settings, catalog: Catalog) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.catalog = catalog
         self.pool = "unknown"
         self.concurrency = 1
         self.rng = random.Random()  # noqa: S311 - jitter, not secrets

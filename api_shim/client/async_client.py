@@ -13,7 +13,7 @@ from api_shim.client.blob_streams import AsyncBlobStream
 from api_shim.client.calls import _Call
 from api_shim.client.client_base import _ClientBase
 from api_shim.client.closing import AsyncClosesOnExit
-from api_shim.client.errors import _connection_error, _error_from
+from api_shim.client.errors import _error_from
 from api_shim.client.models import Blob, Job, JobPage, JobSpec, JobStatus, Priority, Stats, TaskInfo
 from api_shim.client.retrying import _Poll
 from api_shim.client.upload_body import CHUNK_SIZE, AsyncBlobData
@@ -56,7 +56,7 @@ class AsyncConveyorClient(_ClientBase, AsyncClosesOnExit):
             except httpx.TransportError as error:
                 delay = self._policy.after_error(call, attempt, error)
                 if delay is None:
-                    raise _connection_error(call, error) from error
+                    raise call.connection_error(error) from error
             else:
                 if response.is_success:
                     return response

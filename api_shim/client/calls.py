@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 import httpx
 
+from api_shim.client.errors import ConveyorConnectionError
 from api_shim.client.models import Blob, Job, JobPage, JobSpec, JobStatus, Stats, TaskInfo
 from api_shim.client.responses import (
     _batch,
@@ -63,6 +64,14 @@ class _Call(Generic[T]):
             json=self.json,
             content=content,
             headers=headers,
+        )
+
+    def connection_error(self, error: httpx.TransportError) -> ConveyorConnectionError:
+        """The client's error for a request of this call that never got an answer."""
+        return ConveyorConnectionError(
+            f"{self.method} {self.path}: {type(error).__name__}: {error}",
+            code="connection_error",
+            request_id=self.request_id,
         )
 
 

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 from typing import Final
 
 from api_shim.client.calls import _Calls
 from api_shim.client.retrying import _RetryPolicy
+from workers.version import VERSION
 
-try:
-    __version__ = importlib.metadata.version("conveyor")
-except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a bare checkout
-    __version__ = "0.0.0"
+__version__: Final = VERSION
 
-USER_AGENT: Final = f"conveyor-client/{__version__}"
+USER_AGENT: Final = f"conveyor-client/{VERSION}"
 
 
 class _ClientBase:

@@ -5,14 +5,11 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import httpx
 
 from api_shim.client.models import Job, _as_utc
-
-if TYPE_CHECKING:
-    from api_shim.client.calls import _Call
 
 
 class ConveyorError(Exception):
@@ -170,12 +167,4 @@ def _error_from(response: httpx.Response, request_id: str | None) -> ConveyorErr
         details=details,
         request_id=response.headers.get("x-request-id") or request_id,
         retry_after=_retry_after(response),
-    )
-
-
-def _connection_error(call: _Call[Any], error: httpx.TransportError) -> ConveyorConnectionError:
-    return ConveyorConnectionError(
-        f"{call.method} {call.path}: {type(error).__name__}: {error}",
-        code="connection_error",
-        request_id=call.request_id,
     )

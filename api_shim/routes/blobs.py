@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api_shim import errors
 from api_shim.dependencies import Client, Services
+from api_shim.json_response import json_response
 from api_shim.schemas import BlobOut, ErrorEnvelope
 from workers.blob_store import (
     BlobNotFoundError,
@@ -24,7 +25,6 @@ from workers.blob_store import (
     InvalidBlobIdError,
     StoredBlob,
 )
-from workers.ledger.documents import dumps
 
 router = APIRouter(prefix="/v1", tags=["blobs"])
 
@@ -71,11 +71,10 @@ async def upload_blob(request: Request, _client_id: Client, services: Services) 
         except BlobTooLargeError:
             raise errors.payload_too_large(limit) from None
         stored: StoredBlob = await run_in_threadpool(writer.commit)
-    return Response(
-        dumps({"blob": stored.blob, "size": stored.size}),
-        status_code=201,
-        headers={"Location": f"/v1/blobs/{stored.blob}"},
-        media_type="application/json",
+    return json_response(
+        {"blob": stored.blob, "size": stored.size},
+        201,
+        {"Location": f"/v1/blobs/{stored.blob}"},
     )
 
 

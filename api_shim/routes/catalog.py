@@ -8,8 +8,8 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from api_shim.dependencies import Client, Services
+from api_shim.json_response import json_response
 from api_shim.schemas import ErrorEnvelope, TaskOut
-from workers.ledger.documents import dumps
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorEnvelope} for code in (401, 429, 500, 503)
@@ -31,4 +31,4 @@ async def list_tasks(_client_id: Client, services: Services) -> Response:
         }
         for spec in services.catalog.values()
     ]
-    return Response(dumps(tasks), media_type="application/json")
+    return json_response(tasks)

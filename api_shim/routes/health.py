@@ -11,9 +11,9 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from api_shim.dependencies import Services
+from api_shim.json_response import json_response
 from api_shim.metrics import CONTENT_TYPE
 from api_shim.services import ApiServices
-from workers.ledger.documents import dumps
 from workers.pool_fitness import FitnessCount
 
 logger = logging.getLogger("api_shim")
@@ -25,7 +25,7 @@ PROBE_TIMEOUT_SECONDS = 2.0
 @router.get("/healthz", summary="Liveness")
 async def healthz() -> Response:
     """``200`` while the process serves requests."""
-    return Response(dumps({"status": "ok"}), media_type="application/json")
+    return json_response({"status": "ok"})
 
 
 def _database_answers(services: ApiServices) -> None:
@@ -54,10 +54,8 @@ async def readyz(services: Services) -> Response:
         "database": "ok" if database_error is None else f"unavailable ({database_error})",
     }
     ready = redis_error is None and database_error is None
-    return Response(
-        dumps({"status": "ready" if ready else "not ready", "checks": checks}),
-        status_code=200 if ready else 503,
-        media_type="application/json",
+    return json_response(
+        {"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503
     )
 
 

@@ -7,7 +7,6 @@ import binascii
 import contextlib
 import json
 import logging
-import re
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -20,15 +19,16 @@ from starlette.concurrency import run_in_threadpool
 
 from api_shim import errors
 from api_shim.dependencies import Client, Services, json_document
+from api_shim.intake import JobRefusedError
+from api_shim.json_response import MEDIA_TYPE, json_response
 from api_shim.schemas import BatchIn, BatchOut, ErrorEnvelope, JobIn, JobListOut, JobOut, Status
 from api_shim.services import ApiServices
-from workers import job_control
 from workers.broker import Dispatch
 from workers.enqueue import Accepted, Conflict
-from workers.ledger import queries, repository
+from workers.ledger import operator_actions, queries
 from workers.ledger.database import session_scope
-from workers.ledger.documents import dumps, job_document, job_row, job_with_history, jobs_documents
-from workers.ledger.models import Job
+from workers.ledger.documents import job_document, job_row, job_with_history, jobs_documents
+from workers.ledger.models import JOB_ID_MAX_LENGTH, PRINTABLE_ASCII, Job, is_job_id
 
 logger = logging.getLogger("api_shim")
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -36,18 +36,13 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorEnvelope} for code in (401, 404, 409, 413, 415, 422, 429, 500, 503)
 }
-_JSON = "application/json"
-
-
-def _json(document: Any, status: int, headers: dict[str, str] | None = None) -> Response:
-    return Response(dumps(document), status_code=status, headers=headers, media_type=_JSON)
 
 
 def _body_schema(model: type[JobIn] | type[BatchIn]) -> dict[str, Any]:
     # the body is parsed by the strict JSON reader, then this model; the spec still shows it
     # (the models themselves are added to the document's components by api_shim.app)
     reference = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {_JSON: {"schema": reference}}}}
+    return {"requestBody": {"required": True, "content": {MEDIA_TYPE: {"schema": reference}}}}
 
 
 def _count(services: ApiServices, accepted: Accepted) -> None:
@@ -79,20 +74,21 @@ def _conflict(outcome: Conflict, *, batch: bool) -> errors.ApiError:
 async def create_job(request: Request, client_id: Client, services: Services) -> Response:
     """Record the job, queue it, answer ``202`` with it (``200`` on an idempotent replay)."""
     document = await json_document(request)
-    submission = services.intake.single(
-        document,
-        client_id=client_id,
-        request_id=request.state.request_id,
-        header_key=request.headers.get("idempotency-key"),
-    )
+    with _intake_refusals():
+        submission = services.intake.single(
+            document,
+            client_id=client_id,
+            request_id=request.state.request_id,
+            header_key=request.headers.get("idempotency-key"),
+        )
     outcome = await services.batcher.submit(submission)
     if isinstance(outcome, Conflict):
         raise _conflict(outcome, batch=False)
     _count(services, outcome)
     job = job_document(outcome.jobs[0])
     if outcome.replayed[0]:
-        return _json(job, 200, {"Idempotent-Replayed": "true"})
-    return _json(job, 202, {"Location": f"/v1/jobs/{job['id']}"})
+        return json_response(job, 200, {"Idempotent-Replayed": "true"})
+    return json_response(job, 202, {"Location": f"/v1/jobs/{job['id']}"})
 
 
 @router.post(
@@ -110,29 +106,39 @@ async def create_jobs(request: Request, client_id: Client, services: Services) -
             "Idempotency-Key applies to POST /v1/jobs; give each batch item an idempotency_key"
         )
     document = await json_document(request)
-    submission = services.intake.batch(
-        document, client_id=client_id, request_id=request.state.request_id
-    )
+    with _intake_refusals():
+        submission = services.intake.batch(
+            document, client_id=client_id, request_id=request.state.request_id
+        )
     outcome = await services.batcher.submit(submission)
     if isinstance(outcome, Conflict):
         raise _conflict(outcome, batch=True)
     _count(services, outcome)
-    return _json({"jobs": jobs_documents(outcome.jobs)}, 202)
+    return json_response({"jobs": jobs_documents(outcome.jobs)}, 202)
+
+
+@contextlib.contextmanager
+def _intake_refusals() -> Iterator[None]:
+    """Turn the intake's refusal into the API's 422."""
+    try:
+        yield
+    except JobRefusedError as refusal:
+        raise errors.job_refused(refusal) from None
 
 
 @contextlib.contextmanager
 def _controlled(job_id: str) -> Iterator[None]:
-    """Turn :mod:`workers.job_control`'s refusals into the API's errors."""
+    """Turn :mod:`workers.ledger.operator_actions`' refusals into the API's errors."""
     try:
         yield
-    except job_control.JobNotFoundError as error:
+    except operator_actions.JobNotFoundError as error:
         raise errors.not_found(f"no job {job_id}", security_event=error.foreign) from None
-    except job_control.JobStateError as error:
+    except operator_actions.JobStateError as error:
         raise errors.conflict(str(error)) from None
 
 
 def _owned_job(session: Session, job_id: str, client_id: str) -> Job:
-    job = repository.get_job(session, job_id)
+    job = queries.get_job(session, job_id)
     if job is None:
         raise errors.not_found(f"no job {job_id}")
     if job.client_id != client_id:
@@ -140,10 +146,14 @@ def _owned_job(session: Session, job_id: str, client_id: str) -> Job:
     return job
 
 
-# printable ASCII only: a NUL or control character can name no job, and PostgreSQL refuses it
-_PRINTABLE = r"^[\x21-\x7e]+$"
 JobId = Annotated[
-    str, Path(min_length=1, max_length=64, pattern=_PRINTABLE, description="The job id")
+    str,
+    Path(
+        min_length=1,
+        max_length=JOB_ID_MAX_LENGTH,
+        pattern=PRINTABLE_ASCII,
+        description="The job id",
+    ),
 ]
 
 
@@ -155,14 +165,14 @@ async def get_job(job_id: JobId, client_id: Client, services: Services) -> Respo
         with session_scope(services.sessions) as session:
             return job_with_history(_owned_job(session, job_id, client_id))
 
-    return _json(await run_in_threadpool(read), 200)
+    return json_response(await run_in_threadpool(read), 200)
 
 
 def _decode_cursor(cursor: str) -> queries.PagePosition:
     try:
         created, job_id = json.loads(base64.urlsafe_b64decode(cursor.encode() + b"=="))
         when = datetime.fromisoformat(created).astimezone(UTC)
-        if not isinstance(job_id, str) or not re.fullmatch(_PRINTABLE, job_id):
+        if not isinstance(job_id, str) or not is_job_id(job_id):
             raise ValueError("bad cursor")  # noqa: TRY301 - one refusal for every malformation
     except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise errors.validation_error(
@@ -182,7 +192,7 @@ async def list_jobs(  # noqa: PLR0917 - FastAPI passes query parameters by name
     services: Services,
     status: Annotated[Status | None, Query(description="Only jobs in this status")] = None,
     task: Annotated[
-        str | None, Query(max_length=200, pattern=_PRINTABLE, description="Only this task")
+        str | None, Query(max_length=200, pattern=PRINTABLE_ASCII, description="Only this task")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
@@ -198,7 +208,7 @@ async def list_jobs(  # noqa: PLR0917 - FastAPI passes query parameters by name
 
     rows, position = await run_in_threadpool(read)
     next_cursor = _encode_cursor(position) if position else None
-    return _json({"items": jobs_documents(rows), "next_cursor": next_cursor}, 200)
+    return json_response({"items": jobs_documents(rows), "next_cursor": next_cursor}, 200)
 
 
 @router.post(
@@ -209,10 +219,12 @@ async def cancel_job(job_id: JobId, client_id: Client, services: Services) -> Re
 
     def cancel() -> dict[str, Any]:
         with session_scope(services.sessions) as session, _controlled(job_id):
-            job = job_control.cancel(session, job_id, now=datetime.now(UTC), client_id=client_id)
+            job = operator_actions.cancel(
+                session, job_id, now=datetime.now(UTC), client_id=client_id
+            )
             return job_document(job_row(job))
 
-    return _json(await run_in_threadpool(cancel), 200)
+    return json_response(await run_in_threadpool(cancel), 200)
 
 
 @router.post(
@@ -227,11 +239,11 @@ async def retry_job(job_id: JobId, client_id: Client, services: Services) -> Res
 
     def replay() -> tuple[dict[str, Any], Dispatch]:
         with session_scope(services.sessions) as session, _controlled(job_id):
-            replayed = job_control.replay(
+            replayed = operator_actions.replay(
                 session, job_id, now=datetime.now(UTC), client_id=client_id
             )
             return job_document(job_row(replayed.job)), replayed.dispatch
 
     document, dispatch = await run_in_threadpool(replay)
     await run_in_threadpool(services.enqueuer.publish_recorded, [dispatch])
-    return _json(document, 202, {"Location": f"/v1/jobs/{document['id']}"})
+    return json_response(document, 202, {"Location": f"/v1/jobs/{document['id']}"})

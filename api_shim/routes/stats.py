@@ -9,9 +9,9 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from api_shim.dependencies import Client, Services
+from api_shim.json_response import json_response
 from api_shim.schemas import ErrorEnvelope, StatsOut
 from workers.broker import depth_keys, sum_depths
-from workers.ledger.documents import dumps
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorEnvelope} for code in (401, 429, 500, 503)
@@ -29,6 +29,4 @@ async def stats(client_id: Client, services: Services) -> Response:
         for _queue, key in depth_keys():
             pipe.llen(key)
         lengths = await pipe.execute()
-    return Response(
-        dumps({"jobs": counts, "queues": sum_depths(lengths)}), media_type="application/json"
-    )
+    return json_response({"jobs": counts, "queues": sum_depths(lengths)})

@@ -6,20 +6,19 @@ outbox: if Redis does not answer, the job is still recorded and the relay publis
 
 from __future__ import annotations
 
+import re
 import uuid
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 
+from api_shim.intake import JobIntake, JobRefusedError, RefusalReason
 from api_shim.json_body import JsonDocumentError, parse_json_document
-from api_shim.schemas import MAX_DELAY_SECONDS, JobIn
+from api_shim.schemas import MAX_DELAY_SECONDS
 from conveyor.cli.context import ExitCode, command_settings, ledger_access, print_json, refuse
 from tasks.catalog import Catalog, build_catalog
-from workers.enqueue import Accepted, JobRequest, Submission
+from workers.enqueue import Accepted
 from workers.ledger.documents import job_document
 
 #: The client id of every job created on the command line.
@@ -31,7 +30,6 @@ _OPTION_OF_FIELD = {
     "delay_seconds": "--delay-seconds",
     "priority": "--priority",
     "task": "TASK",
-    "args": "--args",
 }
 
 
@@ -41,26 +39,6 @@ class PriorityChoice(StrEnum):
     HIGH = "high"
     NORMAL = "normal"
     LOW = "low"
-
-
-def location(parts: Sequence[int | str]) -> str:
-    """``("args", "sizes", 0)`` → ``"args.sizes[0]"``, as the API names a field."""
-    text = ""
-    for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def _first_problem(error: ValidationError, prefix: Sequence[int | str]) -> str:
-    problems = error.errors(include_url=False, include_input=False)
-    first = problems[0]
-    parts = [*prefix, *first["loc"]]
-    if prefix or not parts:
-        where = location(parts) or "request"
-    else:  # a field of the request: name the option that set it
-        where = _OPTION_OF_FIELD.get(str(parts[0]), location(parts))
-    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-    return f"{where}: {first['msg']}{more}"
 
 
 def parse_args_option(text: str) -> dict[str, Any]:
@@ -74,36 +52,18 @@ def parse_args_option(text: str) -> dict[str, Any]:
     return document
 
 
-def prepare_job(catalog: Catalog, document: dict[str, Any], now: datetime) -> JobRequest:
-    """Check a job against the request rules, the catalog and the task's argument model."""
-    try:
-        job = JobIn.model_validate(document)
-    except ValidationError as error:
-        refuse(ExitCode.USAGE, _first_problem(error, ()))
-    spec = catalog.get(job.task)
-    if spec is None:
-        known = ", ".join(sorted(catalog))
-        refuse(ExitCode.USAGE, f"unknown task {job.task!r}; the catalog has: {known}")
-    try:
-        spec.arguments.model_validate(job.args)
-    except ValidationError as error:
-        refuse(
-            ExitCode.USAGE, f"invalid arguments for {spec.name}: {_first_problem(error, ['args'])}"
-        )
-    delay = job.delay_seconds
-    return JobRequest(
-        job_id=str(uuid.uuid4()),
-        client_id=CLIENT_ID,
-        task=spec.name,
-        queue=spec.queue,
-        args=dict(job.args),
-        priority=job.priority,
-        max_attempts=spec.max_attempts,
-        fingerprint=job.fingerprint(),
-        idempotency_key=job.idempotency_key,
-        request_id=uuid.uuid4().hex,
-        scheduled_for=now + timedelta(seconds=delay) if delay else None,
-    )
+def refusal_line(refusal: JobRefusedError, catalog: Catalog) -> str:
+    """The intake's refusal in the command line's words: the option that set the field."""
+    if refusal.reason is RefusalReason.UNKNOWN_TASK:
+        return f"{refusal.problem}; the catalog has: {', '.join(sorted(catalog))}"
+    field = re.split(r"[.\[]", refusal.location, maxsplit=1)[0]
+    if field == "args":
+        return f"invalid arguments: {refusal.message}"
+    option = _OPTION_OF_FIELD.get(field)
+    if option is None:
+        return refusal.message
+    more = f" (and {refusal.more} more)" if refusal.more else ""
+    return f"{option}: {refusal.problem}{more}"
 
 
 def enqueue(  # noqa: PLR0917 - typer passes the options by name
@@ -150,9 +110,15 @@ def enqueue(  # noqa: PLR0917 - typer passes the options by name
         "delay_seconds": delay_seconds,
         "idempotency_key": idempotency_key,
     }
-    request = prepare_job(catalog, document, datetime.now(UTC))
+    try:
+        submission = JobIntake(catalog).single(
+            document, client_id=CLIENT_ID, request_id=uuid.uuid4().hex
+        )
+    except JobRefusedError as refusal:
+        refuse(ExitCode.USAGE, refusal_line(refusal, catalog))
+    request = submission.jobs[0]
     with ledger_access(settings) as ledger:
-        recorded = ledger.enqueuer.record_and_publish([Submission((request,))])
+        recorded = ledger.enqueuer.record_and_publish([submission])
         ledger.enqueuer.mark_published(recorded.published)
     answer = recorded.answers[0]
     if not isinstance(answer, Accepted):

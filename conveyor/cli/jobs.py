@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -22,11 +21,10 @@ from conveyor.cli.context import (
     print_json,
     refuse,
 )
-from workers import job_control
-from workers.ledger import repository
+from workers.ledger import operator_actions, queries
 from workers.ledger.database import session_scope
 from workers.ledger.documents import job_document, job_row, job_with_history
-from workers.ledger.models import JobStatus
+from workers.ledger.models import JobStatus, is_job_id
 
 jobs_cli = typer.Typer(
     name="jobs",
@@ -35,13 +33,12 @@ jobs_cli = typer.Typer(
     no_args_is_help=True,
 )
 
-_JOB_ID = re.compile(r"^[\x21-\x7e]{1,64}$")
 JobId = Annotated[str, typer.Argument(metavar="ID", help="the job id", show_default=False)]
 AsJson = Annotated[bool, typer.Option("--json", help="print the API's JSON job document")]
 
 
 def _checked_id(job_id: str) -> str:
-    if not _JOB_ID.match(job_id):
+    if not is_job_id(job_id):
         refuse(ExitCode.NOT_FOUND, f"no job {job_id!r}")
     return job_id
 
@@ -51,9 +48,9 @@ def _refusals() -> Iterator[None]:
     """Turn a refused job action into its exit code and one line."""
     try:
         yield
-    except job_control.JobNotFoundError as error:
+    except operator_actions.JobNotFoundError as error:
         refuse(ExitCode.NOT_FOUND, str(error))
-    except job_control.JobStateError as error:
+    except operator_actions.JobStateError as error:
         refuse(ExitCode.CONFLICT, str(error))
 
 
@@ -96,8 +93,9 @@ def list_jobs(
     """
     settings = command_settings()
     with ledger_access(settings) as ledger, ledger.engine.connect() as connection:
-        rows = job_control.newest_jobs(
-            connection, limit=limit, status=status.value if status else None, task=task
+        # every client's jobs: the operator's view
+        rows, _ = queries.list_jobs(
+            connection, None, limit=limit, status=status.value if status else None, task=task
         )
     if as_json:
         print_json([job_document(row) for row in rows])
@@ -156,7 +154,7 @@ def show_job(job_id: JobId, as_json: AsJson = False) -> None:
     job_id = _checked_id(job_id)
     settings = command_settings()
     with ledger_access(settings) as ledger, session_scope(ledger.sessions) as session:
-        job = repository.get_job(session, job_id)
+        job = queries.get_job(session, job_id)
         if job is None:
             refuse(ExitCode.NOT_FOUND, f"no job {job_id}")
         document, client_id = job_with_history(job), job.client_id
@@ -178,7 +176,7 @@ def retry_job(job_id: JobId, as_json: AsJson = False) -> None:
     settings = command_settings()
     with _refusals(), ledger_access(settings) as ledger:
         with session_scope(ledger.sessions) as session:
-            replay = job_control.replay(session, job_id, now=datetime.now(UTC))
+            replay = operator_actions.replay(session, job_id, now=datetime.now(UTC))
             document = job_document(job_row(replay.job))
         published = ledger.enqueuer.publish_recorded([replay.dispatch])
     if not published:
@@ -206,7 +204,7 @@ def cancel_job(job_id: JobId, as_json: AsJson = False) -> None:
         ledger_access(settings) as ledger,
         session_scope(ledger.sessions) as session,
     ):
-        job = job_control.cancel(session, job_id, now=datetime.now(UTC))
+        job = operator_actions.cancel(session, job_id, now=datetime.now(UTC))
         document = job_document(job_row(job))
     if as_json:
         print_json(document)

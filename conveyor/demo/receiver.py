@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from PIL import Image, ImageDraw
 
-from tasks.webhooks import ATTEMPT_HEADER, verify_signature
+from tasks.webhook_signature import ATTEMPT_HEADER, verify_signature
 
 #: A webhook answer: the status code and its ``Retry-After`` (seconds), if any.
 Answer = tuple[int, int | None]

@@ -18,7 +18,7 @@ from tasks.outbound_http import (
     open_http_client,
     raise_for_status,
 )
-from tasks.webhooks import ATTEMPT_HEADER, JOB_ID_HEADER, signature_headers
+from tasks.webhook_signature import ATTEMPT_HEADER, JOB_ID_HEADER, signature_headers
 
 # what is read of a receiver's answer before the connection is given back; the rest is dropped
 _ANSWER_READ_LIMIT = 64 * 1024

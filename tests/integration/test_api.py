@@ -417,7 +417,7 @@ def test_the_relay_publishes_a_job_its_producer_never_published(
         fingerprint="x",
     )
     with pytest.raises(SystemExit):
-        enqueuer.enqueue([Submission((job,))])
+        enqueuer.record_and_publish([Submission((job,))])
     with api.client() as client:
         done = finished_job(client, job.job_id, timeout=30)
     assert done["status"] == "succeeded"

@@ -21,7 +21,7 @@ from celery import Celery
 from PIL import Image
 
 from api_shim.client import ConveyorClient, Job
-from tasks.webhooks import verify_signature
+from tasks.webhook_signature import verify_signature
 from tests.integration.conftest import RETRY_SCALE, Stack, plain_client
 from tests.support.api_server import ALICE, ApiServer
 from tests.support.http_receiver import HttpReceiver, Reply, running_receiver

@@ -18,7 +18,7 @@ from tasks.base import JobContext
 from tasks.errors import PermanentError, RateLimitedError, TransientError
 from tasks.io.webhooks import deliver, delivery_headers, encode_payload, post_webhook
 from tasks.outbound_http import HttpClientPool, guarded_client
-from tasks.webhooks import verify_signature
+from tasks.webhook_signature import verify_signature
 from tests.support.http_receiver import HttpReceiver, Reply, running_receiver
 
 SECRET = "whsec_delivery_test"

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tasks.webhooks import (
+from tasks.webhook_signature import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     compute_signature,

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from workers.ledger.models import Attempt, Job
-from workers.ledger.repository import JOBS
+from workers.ledger.models import JOBS, Attempt, Job
 
 JOB_FIELDS = (
     "id",
@@ -73,11 +71,6 @@ def job_with_history(job: Job) -> dict[str, Any]:
     document = job_document(job_row(job))
     document["history"] = [attempt_document(a) for a in job.history]
     return document
-
-
-def dumps(document: Any) -> bytes:
-    """Compact UTF-8 JSON."""
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def jobs_documents(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

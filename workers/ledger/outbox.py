@@ -7,15 +7,18 @@ A job is committed before its message is published. Until the broker has the mes
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from workers.ledger.models import JobStatus
-from workers.ledger.repository import JOBS
+from workers.ledger.models import JOBS, JobStatus
+
+#: How long a job just recorded waits before the relay may publish it in the publisher's
+#: place: longer than a healthy publish takes, short enough to notice a crash quickly.
+RELAY_GRACE = timedelta(seconds=15)
 
 # SQLite and PostgreSQL both accept this many bound parameters in one IN list comfortably
 _IN_CHUNK = 500

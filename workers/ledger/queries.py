@@ -1,4 +1,5 @@
-"""Read-side ledger queries for the API: a client's jobs page by page, and its counts."""
+"""The ledger's reads: one job with its history, jobs page by page (a client's, or every
+client's for operators), and counts by status."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, func, literal, select, tuple_
+from sqlalchemy.orm import Session
 
-from workers.ledger.models import UTCDateTime
-from workers.ledger.repository import JOBS
+from workers.ledger.models import JOBS, Job, UTCDateTime
 
 
 @dataclass(frozen=True)
@@ -20,9 +21,14 @@ class PagePosition:
     job_id: str
 
 
+def get_job(session: Session, job_id: str) -> Job | None:
+    """The job with its attempt history, or ``None``."""
+    return session.get(Job, job_id)
+
+
 def list_jobs(
     connection: Connection,
-    client_id: str,
+    client_id: str | None,
     *,
     limit: int,
     status: str | None = None,
@@ -31,10 +37,14 @@ def list_jobs(
 ) -> tuple[list[dict[str, Any]], PagePosition | None]:
     """Up to ``limit`` of the client's jobs, newest first, and where the next page starts.
 
+    ``client_id`` ``None`` lists every client's jobs (the operator's view).
+
     Keyset pagination on ``(created_at, id)``: a page costs the same however deep it is,
     and jobs added meanwhile never shift a page.
     """
-    query = select(JOBS).where(JOBS.c.client_id == client_id)
+    query = select(JOBS)
+    if client_id is not None:
+        query = query.where(JOBS.c.client_id == client_id)
     if status is not None:
         query = query.where(JOBS.c.status == status)
     if task is not None:

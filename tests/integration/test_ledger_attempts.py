@@ -10,10 +10,11 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from workers.ledger import repository as ledger
+from workers.ledger import attempts as ledger
+from workers.ledger import operator_actions, queries
+from workers.ledger.attempts import Delivery, ErrorInfo, Runner, Verdict
 from workers.ledger.database import create_ledger_engine, create_session_factory, session_scope
 from workers.ledger.models import JobStatus
-from workers.ledger.repository import ErrorInfo, NewJob, Runner, Verdict
 
 RUNNER = Runner(worker="io@test", pool="gevent", pid=4242)
 POISON = ErrorInfo("PoisonJobError", "died three times", "e-poison")
@@ -37,11 +38,13 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def new_job(task: str = "diagnostics.echo") -> NewJob:
-    return NewJob(str(uuid.uuid4()), task, "io", {"value": 1}, 20, None)
+def new_job(task: str = "diagnostics.echo") -> Delivery:
+    return Delivery(str(uuid.uuid4()), task, "io", {"value": 1}, 20, None)
 
 
-def begin(sessions: sessionmaker[Session], job: NewJob, generation: int = 0) -> ledger.AttemptStart:
+def begin(
+    sessions: sessionmaker[Session], job: Delivery, generation: int = 0
+) -> ledger.AttemptStart:
     with session_scope(sessions) as session:
         return ledger.begin_attempt(
             session.connection(), job, generation=generation, runner=RUNNER, poison_after=3,
@@ -51,7 +54,7 @@ def begin(sessions: sessionmaker[Session], job: NewJob, generation: int = 0) -> 
 
 def status(sessions: sessionmaker[Session], job_id: str) -> tuple[str, int, list[str]]:
     with session_scope(sessions) as session:
-        job = ledger.get_job(session, job_id)
+        job = queries.get_job(session, job_id)
         assert job is not None
         return job.status, job.attempts, [a.outcome for a in job.history]
 
@@ -98,7 +101,7 @@ def test_open_attempts_are_lost_and_the_third_loss_is_poison(
     job_status, attempts, outcomes = status(sessions, job.job_id)
     assert (job_status, attempts, outcomes) == ("failed", 3, ["lost", "lost", "lost"])
     with session_scope(sessions) as session:
-        row = ledger.get_job(session, job.job_id)
+        row = queries.get_job(session, job.job_id)
         assert row is not None and row.error == POISON.as_json()
 
 
@@ -108,8 +111,7 @@ def test_replay_gives_a_poisoned_job_a_fresh_round(sessions: sessionmaker[Sessio
         begin(sessions, job)
 
     with session_scope(sessions) as session:
-        replayed = ledger.replay_job(session, job.job_id, now=now())
-        assert replayed is not None
+        replayed = operator_actions.replay(session, job.job_id, now=now()).job
         assert (replayed.status, replayed.retry_generation) == ("queued", 1)
     leftover = begin(sessions, job, generation=0)
     start = begin(sessions, job, generation=1)
@@ -123,7 +125,7 @@ def test_a_job_cancelled_while_running_stays_cancelled(sessions: sessionmaker[Se
     start = begin(sessions, job)
 
     with session_scope(sessions) as session:
-        ledger.cancel_job(session, job.job_id, now=now())
+        operator_actions.cancel(session, job.job_id, now=now())
     with session_scope(sessions) as session:
         final = ledger.record_success(
             session.connection(), job.job_id, start.attempt, result=1, now=now()
@@ -142,7 +144,7 @@ def test_a_message_naming_another_task_is_dropped(sessions: sessionmaker[Session
     job = new_job()
     begin(sessions, job)
 
-    impostor = NewJob(job.job_id, "diagnostics.spin", "cpu", {}, 20, None)
+    impostor = Delivery(job.job_id, "diagnostics.spin", "cpu", {}, 20, None)
 
     assert begin(sessions, impostor).verdict is Verdict.DROP
 
@@ -152,7 +154,7 @@ def test_times_come_back_timezone_aware(sessions: sessionmaker[Session]) -> None
     begin(sessions, job)
 
     with session_scope(sessions) as session:
-        row = ledger.get_job(session, job.job_id)
+        row = queries.get_job(session, job.job_id)
         assert row is not None and row.started_at is not None
         assert row.started_at.tzinfo is not None
         assert row.history[0].started_at.utcoffset() is not None

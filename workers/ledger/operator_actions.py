@@ -1,33 +1,32 @@
-"""Operator actions on recorded jobs: cancel, replay (dead-letter retry) and the newest jobs.
+"""Operator actions on recorded jobs: cancel, and replay (the dead-letter retry).
 
-The checks live here once, so every front end refuses the same things: a job that is not
-``failed`` or ``cancelled`` is not replayed, a finished job is not cancelled. Each action
-works in the caller's session; the caller commits, then publishes a replay.
+The checks live here once, so every front end (the API, ``conveyor jobs``) refuses the same
+things: a job that is not ``failed`` or ``cancelled`` is not replayed, a finished job is
+not cancelled. Each action locks the job's row once, checks it and changes it in the
+caller's session; the caller commits, then publishes a replay.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import cast
 
-from sqlalchemy import Connection, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workers.broker import Dispatch, Priority
-from workers.enqueue import RELAY_GRACE
-from workers.ledger import repository
-from workers.ledger.models import Job, JobStatus
-from workers.ledger.repository import JOBS
+from workers.ledger.models import Attempt, AttemptOutcome, Job, JobStatus
+from workers.ledger.outbox import RELAY_GRACE
 
 REPLAYABLE = frozenset({JobStatus.FAILED.value, JobStatus.CANCELLED.value})
 
 
-class JobControlError(Exception):
+class JobActionError(Exception):
     """An action on a job was refused."""
 
 
-class JobNotFoundError(JobControlError):
+class JobNotFoundError(JobActionError):
     """No such job (for this client); ``foreign`` when it exists but is another client's."""
 
     def __init__(self, job_id: str, *, foreign: bool = False) -> None:
@@ -36,7 +35,7 @@ class JobNotFoundError(JobControlError):
         self.foreign = foreign
 
 
-class JobStateError(JobControlError):
+class JobStateError(JobActionError):
     """The job's status forbids the action."""
 
 
@@ -61,16 +60,29 @@ def replay(session: Session, job_id: str, *, now: datetime, client_id: str | Non
     """Put a ``failed`` or ``cancelled`` job back to ``queued`` for a fresh round of attempts.
 
     ``client_id`` limits the action to that client's jobs (``None``: any job, for operators).
-    The job stays in the outbox until the caller has published :attr:`Replay.dispatch`
-    (:meth:`workers.enqueue.Enqueuer.publish_recorded`), so a failed publish is relayed.
+    The retry generation moves on by one, so messages left from the earlier round are
+    dropped as stale. The job stays in the outbox until the caller has published
+    :attr:`Replay.dispatch` (:meth:`workers.enqueue.Enqueuer.publish_recorded`), so a failed
+    publish is relayed.
     """
     job = _locked(session, job_id, client_id)
     if job.status not in REPLAYABLE:
         raise JobStateError(
             f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried"
         )
-    replayed = repository.replay_job(session, job_id, now=now)
-    assert replayed is job  # noqa: S101 - the same row, locked above
+    still_open = select(Attempt).where(
+        Attempt.job_id == job.id, Attempt.outcome == AttemptOutcome.RUNNING.value
+    )
+    for attempt in session.scalars(still_open):
+        attempt.outcome = AttemptOutcome.LOST.value
+        attempt.finished_at = now
+    job.status = JobStatus.QUEUED.value
+    job.retry_generation += 1
+    job.attempt_base = job.attempts
+    job.finished_at = None
+    job.next_retry_at = None
+    job.error = None
+    job.result = None
     job.publish_after = now + RELAY_GRACE
     session.flush()
     dispatch = Dispatch(
@@ -85,26 +97,17 @@ def replay(session: Session, job_id: str, *, now: datetime, client_id: str | Non
 
 
 def cancel(session: Session, job_id: str, *, now: datetime, client_id: str | None = None) -> Job:
-    """Cancel a job that has not finished; :class:`JobStateError` if it has."""
+    """Cancel a job that has not finished; :class:`JobStateError` if it has.
+
+    A running attempt is not interrupted; its outcome is not recorded.
+    """
     job = _locked(session, job_id, client_id)
     if JobStatus(job.status).finished:
         raise JobStateError(f"job {job_id} has already finished ({job.status})")
-    cancelled = repository.cancel_job(session, job_id, now=now)
-    assert cancelled is job  # noqa: S101 - the same row, locked above
+    job.status = JobStatus.CANCELLED.value
+    job.finished_at = now
+    job.next_retry_at = None
     # a cancelled job is never published: the relay must not pick it up either
     job.publish_after = None
     session.flush()
     return job
-
-
-def newest_jobs(
-    connection: Connection, *, limit: int, status: str | None = None, task: str | None = None
-) -> list[dict[str, Any]]:
-    """Up to ``limit`` jobs of every client, newest first (the operator's view)."""
-    query = select(JOBS)
-    if status is not None:
-        query = query.where(JOBS.c.status == status)
-    if task is not None:
-        query = query.where(JOBS.c.task == task)
-    query = query.order_by(JOBS.c.created_at.desc(), JOBS.c.id.desc()).limit(limit)
-    return [dict(row) for row in connection.execute(query).mappings()]
