@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,11 +12,6 @@ from starlette.responses import Response
 from api_shim.intake import JobRefusedError, RefusalReason
 
 logger = logging.getLogger("api_shim")
-
-
-def new_error_id() -> str:
-    """A short id that ties an error answer to its log line."""
-    return f"err_{secrets.token_hex(8)}"
 
 
 class ApiError(Exception):

@@ -1,4 +1,5 @@
-"""The API's Prometheus metrics: requests, enqueued jobs, queue depths and pool fitness.
+"""The API's Prometheus metrics: requests, enqueued jobs, queue depths, pool fitness and the
+messages workers refused.
 
 With several uvicorn workers, ``conveyor api`` points ``PROMETHEUS_MULTIPROC_DIR`` at a
 fresh directory so that every process's counters add up in one scrape.
@@ -74,6 +75,23 @@ class PoolFitnessCollector(Collector):
         yield from families.values()
 
 
+class RejectedMessagesCollector(Collector):
+    """``conveyor_messages_rejected_total{reason}``: messages workers refused to run."""
+
+    def __init__(self, read_rejections: Callable[[], dict[str, int]]) -> None:
+        self._read_rejections = read_rejections
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "conveyor_messages_rejected",
+            "Broker messages workers refused to run (and dropped), by reason",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self._read_rejections().items()):
+            family.add_metric([reason], count)
+        yield family
+
+
 class ApiMetrics:
     """The counters the API updates, and the scrape of everything."""
 
@@ -114,6 +132,7 @@ class ApiMetrics:
         self,
         read_depths: Callable[[], dict[str, int]],
         read_fitness: Callable[[], list[FitnessCount]],
+        read_rejections: Callable[[], dict[str, int]],
     ) -> bytes:
         """The Prometheus text exposition of every metric, Redis-held ones read now."""
         registry = CollectorRegistry()
@@ -125,4 +144,5 @@ class ApiMetrics:
                 registry.register(collector)
         registry.register(QueueDepthCollector(read_depths))
         registry.register(PoolFitnessCollector(read_fitness))
+        registry.register(RejectedMessagesCollector(read_rejections))
         return generate_latest(registry)

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api_shim import errors
 from api_shim.metrics import ApiMetrics
-from workers.structured_logging import log_context
+from workers.structured_logging import log_context, new_error_id
 
 logger = logging.getLogger("api_shim")
 
@@ -121,7 +121,7 @@ class RequestContextMiddleware:
 
     async def _answer_error(self, scope: Scope, error: BaseException, send: Send) -> None:
         api_error = _as_api_error(error)
-        error_id = errors.new_error_id()
+        error_id = new_error_id()
         state = scope.get("state", {})
         client = scope.get("client")
         fields = {

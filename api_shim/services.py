@@ -23,6 +23,7 @@ from workers.broker import Publisher, queue_depths
 from workers.enqueue import Enqueuer
 from workers.ledger.database import create_ledger_engine, create_session_factory
 from workers.ledger.database_url import ensure_sqlite_directory
+from workers.message_rejections import read_rejections
 from workers.pool_fitness import FitnessCount, read_fitness
 from workers.settings import Settings
 
@@ -55,6 +56,10 @@ class ApiServices:
     def queue_depths(self) -> dict[str, int]:
         """Messages waiting per queue (blocking; for the metrics scrape)."""
         return queue_depths(self.redis)
+
+    def rejected_messages(self) -> dict[str, int]:
+        """Messages the workers refused, by reason (blocking; for the metrics scrape)."""
+        return read_rejections(self.redis)
 
     def pool_fitness(self) -> list[FitnessCount]:
         """The workers' pool-fitness counters (blocking; for the metrics scrape)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,7 +33,7 @@ from workers.pool_fitness import record_pool_mismatch
 from workers.process_resources import ProcessResources
 from workers.runtime import WorkerRuntime, runtime_of
 from workers.settings import Settings
-from workers.structured_logging import log_context
+from workers.structured_logging import log_context, new_error_id
 
 logger = logging.getLogger("conveyor.task")
 
@@ -63,11 +62,6 @@ class JobContext:
 
 
 Implementation = Callable[[JobContext, Any], JsonValue]
-
-
-def new_error_id() -> str:
-    """A fresh id that ties an error in the ledger or an HTTP answer to its log line."""
-    return uuid.uuid4().hex
 
 
 def describe_error(error: BaseException, error_id: str) -> ErrorInfo:

@@ -10,7 +10,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -108,14 +108,14 @@ class BlobWriter:
         else:
             # fsync before the rename, or a crash could leave the final name pointing
             # at a file whose data never reached the disk.
-            os.fsync(file.fileno())
+            self._store.sync(file.fileno())
             file.close()
             self._file = None
             final.parent.mkdir(parents=True, exist_ok=True)
             # Path.replace is os.replace: an atomic rename, since tmp/ and sha256/ share a
             # filesystem under root. Readers see no file or the whole file, never a part.
             self._tmp_path.replace(final)
-            _fsync_directory(final.parent)
+            _fsync_directory(final.parent, self._store.sync)
         self._committed = True
         return StoredBlob(blob=f"sha256:{hex_digest}", size=self._size, path=final)
 
@@ -135,11 +135,11 @@ class BlobWriter:
         self._tmp_path.unlink(missing_ok=True)
 
 
-def _fsync_directory(directory: Path) -> None:
+def _fsync_directory(directory: Path, sync: Callable[[int], None]) -> None:
     # The rename itself is only durable once the directory entry is on disk.
     fd = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        sync(fd)
     finally:
         os.close(fd)
 
@@ -147,8 +147,11 @@ def _fsync_directory(directory: Path) -> None:
 class BlobStore:
     """Blobs under ``root/sha256/<hex[0:2]>/<hex[2:4]>/<hex>``, uploads in ``root/tmp/``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, sync: Callable[[int], None] = os.fsync) -> None:
         self.root = root
+        # how a file descriptor reaches the disk: a gevent worker runs fsync on a thread,
+        # so that the event loop keeps running while a large blob is flushed
+        self.sync = sync
 
     @contextlib.contextmanager
     def writer(self, max_bytes: int) -> Iterator[BlobWriter]:

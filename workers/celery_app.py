@@ -12,8 +12,9 @@ from kombu import Exchange, Queue
 
 from tasks.catalog import KINDS, Catalog, build_catalog
 from workers.hub_monitor import HubBlock, HubBlockMonitor
+from workers.message_judge import MessageJudge
 from workers.pool_fitness import record_hub_block
-from workers.relay import register_relay
+from workers.relay import RELAY_TASK, register_relay
 from workers.runtime import ConveyorCelery, WorkerRuntime, pool_name_of
 from workers.settings import Settings, SettingsError
 from workers.structured_logging import configure_logging, log_context
@@ -117,8 +118,12 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> ConveyorCe
         # beat only schedules the outbox relay every second; nothing worth persisting
         beat_scheduler="celery.beat:Scheduler",
         include=catalog.modules(),
+        # every message is judged before Celery takes it (workers/message_guard.py)
+        worker_consumer="workers.message_guard:JudgingConsumer",
+        broker_transport="workers.message_guard:GuardedTransport",
     )
     app.runtime = WorkerRuntime(settings)
+    app.message_judge = MessageJudge(frozenset(catalog), internal_tasks=frozenset({RELAY_TASK}))
     register_relay(app)
     _connect_worker_signals(app)
     return app

@@ -20,6 +20,7 @@ from workers.enqueue import Enqueuer
 from workers.hub_monitor import RunningTasks
 from workers.ledger.database import create_ledger_engine
 from workers.ledger.database_url import ensure_sqlite_directory
+from workers.message_judge import MessageJudge
 from workers.process_resources import ProcessResources
 from workers.settings import Settings
 
@@ -32,6 +33,13 @@ def pool_name_of(pool_cls: object) -> str:
     module = getattr(pool_cls, "__module__", "") or ""
     name = module.rsplit(".", 1)[-1]
     return {"thread": "threads"}.get(name, name or "unknown")
+
+
+def _fsync_on_a_thread(fd: int) -> None:
+    """``os.fsync`` on the gevent hub's thread pool: the event loop runs on meanwhile."""
+    import gevent  # noqa: PLC0415 - only a gevent worker may load gevent
+
+    gevent.get_hub().threadpool.apply(os.fsync, (fd,))
 
 
 class WorkerRuntime:
@@ -55,6 +63,8 @@ class WorkerRuntime:
         """Record the pool and concurrency of the worker this process belongs to."""
         self.pool = pool
         self.concurrency = max(1, concurrency)
+        if pool == "gevent":
+            self.blobs = BlobStore(self.settings.storage_dir, sync=_fsync_on_a_thread)
 
     def database_pool_size(self) -> int:
         """Connections this process may hold: one per greenlet, up to the configured cap."""
@@ -148,6 +158,7 @@ class ConveyorCelery(Celery):
     """The Celery application, carrying the worker runtime its tasks use."""
 
     runtime: WorkerRuntime
+    message_judge: MessageJudge
 
 
 def runtime_of(app: Celery) -> WorkerRuntime:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import secrets
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -19,6 +20,13 @@ from typing import Any, TextIO
 CONTEXT_FIELDS = ("request_id", "job_id", "task_id", "task", "attempt", "error_id")
 REDACTED = "[REDACTED]"
 INTERNAL_TASK_PREFIX = "conveyor."
+
+
+def new_error_id() -> str:
+    """A fresh id that ties an error (an HTTP answer, a ledger error, a refused message) to
+    its log line."""
+    return f"err_{secrets.token_hex(8)}"
+
 
 _log_context: ContextVar[Mapping[str, Any]] = ContextVar("conveyor_log_context", default={})  # noqa: B039 - never mutated
 

@@ -61,7 +61,7 @@ async def readyz(services: Services) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(services: Services) -> Response:
-    """Prometheus text: requests, enqueued jobs, queue depths and pool fitness."""
+    """Prometheus text: requests, enqueued jobs, queue depths, pool fitness, refused messages."""
 
     def depths() -> dict[str, int]:
         try:
@@ -77,5 +77,12 @@ async def metrics(services: Services) -> Response:
             logger.warning("metrics: pool-fitness counters unavailable")
             return []
 
-    body = await run_in_threadpool(services.metrics.scrape, depths, fitness)
+    def rejections() -> dict[str, int]:
+        try:
+            return services.rejected_messages()
+        except Exception:  # noqa: BLE001 - a scrape without these beats no scrape
+            logger.warning("metrics: rejected-message counters unavailable")
+            return {}
+
+    body = await run_in_threadpool(services.metrics.scrape, depths, fitness, rejections)
     return Response(body, media_type=CONTENT_TYPE)
