@@ -107,18 +107,22 @@ async def _refuse_http(request: Request, error: Exception) -> Response:
     assert isinstance(error, HTTPException)  # noqa: S101 - registered for this type
     if error.status_code == 404:
         raise errors.not_found("no such endpoint")
-    code = {405: "method_not_allowed", 400: "bad_request"}.get(error.status_code, "http_error")
-    headers = dict(error.headers or {})
     if error.status_code == 405:
         # Starlette names only the first matching route's methods; a path may have several
-        headers["Allow"] = ", ".join(_methods_for(request))
-    raise errors.ApiError(error.status_code, code, str(error.detail), headers=headers)
+        raise errors.method_not_allowed(_methods_for(request), str(error.detail))
+    code = {400: "bad_request"}.get(error.status_code, "http_error")
+    raise errors.ApiError(error.status_code, code, str(error.detail), headers=error.headers)
 
 
 def _methods_for(request: Request) -> list[str]:
-    # read from the OpenAPI paths: FastAPI nests included routers in private wrappers
+    # read from the OpenAPI paths: FastAPI nests included routers in private wrappers; a
+    # literal path (/v1/jobs/batch) is never read as a template's parameter (a job id)
+    paths: dict[str, dict[str, Any]] = request.app.openapi()["paths"]
+    literal = paths.get(request.url.path)
+    if literal is not None:
+        return sorted(method.upper() for method in literal)
     methods: set[str] = set()
-    for template, operations in request.app.openapi()["paths"].items():
+    for template, operations in paths.items():
         pattern = re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template))
         if re.fullmatch(pattern, request.url.path):
             methods |= {method.upper() for method in operations}

@@ -61,6 +61,11 @@ def conflict(message: str, details: Any = None) -> ApiError:
     return ApiError(409, "conflict", message, details=details)
 
 
+def method_not_allowed(allowed: list[str], message: str = "Method Not Allowed") -> ApiError:
+    """405, with ``Allow`` naming the methods the path answers."""
+    return ApiError(405, "method_not_allowed", message, headers={"Allow": ", ".join(allowed)})
+
+
 def payload_too_large(limit: int) -> ApiError:
     """413: the body is over the limit (checked before it is parsed)."""
     return ApiError(

@@ -5,11 +5,17 @@ from __future__ import annotations
 import json
 import math
 import re
+from decimal import Decimal
 from functools import lru_cache
 from itertools import accumulate
 from typing import Any, Final, TypeAlias
 
-__all__ = ["JsonDocumentError", "parse_json_document"]
+__all__ = [
+    "MAX_PLAIN_NUMBER_LENGTH",
+    "JsonDocumentError",
+    "parse_json_document",
+    "plain_number_length",
+]
 
 # A location inside the document as a chain (parent, key or index), built only when reporting.
 _Trail: TypeAlias = "tuple[_Trail, str | int] | None"
@@ -37,6 +43,8 @@ _NOT_STRUCTURE: Final = bytes(byte for byte in range(256) if byte not in b'[]{}"
 _DEPTH_STEP: Final = {ord("["): 1, ord("]"): -1}
 
 _LITERAL_PREVIEW: Final = 24
+#: The longest plain decimal form a number with a fraction or an exponent may take.
+MAX_PLAIN_NUMBER_LENGTH: Final = 32
 
 
 class JsonDocumentError(ValueError):
@@ -191,14 +199,16 @@ def _decoders(max_integer_digits: int) -> tuple[json.JSONDecoder, json.JSONDecod
 
     def fast_float(literal: str) -> float:
         number = float(literal)
-        if math.isinf(number):
-            raise _Abort(_overflow_message(literal))
+        problem = float_problem(literal, number)
+        if problem is not None:
+            raise _Abort(problem)
         return number
 
     def slow_float(literal: str) -> float | _Rejected:
         number = float(literal)
-        if math.isinf(number):
-            return _Rejected(_overflow_message(literal))
+        problem = float_problem(literal, number)
+        if problem is not None:
+            return _Rejected(problem)
         return number
 
     def fast_constant(literal: str) -> Any:
@@ -243,9 +253,37 @@ def _decoders(max_integer_digits: int) -> tuple[json.JSONDecoder, json.JSONDecod
     return fast, slow
 
 
+def float_problem(literal: str, number: float) -> str | None:
+    """Why a JSON number with a fraction or exponent is refused, if it is.
+
+    PostgreSQL keeps JSON numbers as decimals and prints them in plain notation: ``1e308``
+    would come back from the ledger as 309 digits. A number whose plain form is longer than
+    :data:`MAX_PLAIN_NUMBER_LENGTH` characters, and longer than twice what was sent, is
+    refused, so that no answer and no message grows far beyond the request.
+    """
+    if math.isinf(number):
+        return _overflow_message(literal)
+    plain = plain_number_length(number)
+    if plain > max(MAX_PLAIN_NUMBER_LENGTH, 2 * len(literal)):
+        shown = _shown_literal(literal)
+        return (
+            f"number {shown} would take {plain} characters in the ledger, which keeps numbers in"
+            f" plain decimal notation; at most {MAX_PLAIN_NUMBER_LENGTH} are allowed"
+        )
+    return None
+
+
+def plain_number_length(number: float) -> int:
+    """How many characters ``number`` takes in plain decimal notation (as the ledger prints it)."""
+    return len(format(Decimal(repr(number)), "f"))
+
+
+def _shown_literal(literal: str) -> str:
+    return literal if len(literal) <= _LITERAL_PREVIEW else f"{literal[:_LITERAL_PREVIEW]}..."
+
+
 def _overflow_message(literal: str) -> str:
-    shown = literal if len(literal) <= _LITERAL_PREVIEW else f"{literal[:_LITERAL_PREVIEW]}..."
-    return f"number {shown} is too large for a double (it overflows to infinity)"
+    return f"number {_shown_literal(literal)} is too large for a double (it overflows to infinity)"
 
 
 def _constant_message(literal: str) -> str:

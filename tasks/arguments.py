@@ -6,6 +6,7 @@ import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
+import httpx
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 
@@ -53,7 +54,8 @@ MAX_URL_LENGTH = 2048
 DEFAULT_FETCH_MAX_BYTES = 100 * 1024 * 1024
 MAX_FETCH_MAX_BYTES = 10 * 1024 * 1024 * 1024
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,128}")
-_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]{0,4096}")
+# what the tasks' HTTP client (httpx) sends: ASCII, and no control character but tab
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]{0,4096}")
 #: Headers a caller may not set on a webhook: Conveyor's own, and those of the transport.
 RESERVED_WEBHOOK_HEADERS = frozenset(
     {
@@ -91,6 +93,10 @@ def check_url(value: str) -> str:
         parts.port  # noqa: B018 - raises ValueError on a port out of range
     except ValueError:
         raise ValueError("URL port is not a number between 0 and 65535") from None
+    try:
+        httpx.URL(value)  # what the task's HTTP client refuses is refused now, not in a worker
+    except httpx.InvalidURL as error:
+        raise ValueError(f"the HTTP client cannot use this URL: {error}") from None
     return value
 
 
@@ -130,7 +136,10 @@ class WebhookArguments(TaskArguments):
             if lowered in RESERVED_WEBHOOK_HEADERS or lowered.startswith("x-conveyor-"):
                 raise ValueError(f"header {name!r} is set by Conveyor and cannot be replaced")
             if not _HEADER_VALUE.fullmatch(value):
-                raise ValueError(f"header {name!r}: value has control characters or is too long")
+                raise ValueError(
+                    f"header {name!r}: the value must be printable ASCII (the HTTP client sends "
+                    "no other) without control characters, at most 4096 characters"
+                )
         return headers
 
 

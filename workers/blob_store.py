@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-_BLOB_ID = re.compile(r"sha256:([0-9a-f]{64})")
+#: A blob id: the sha256 of the content, as ``sha256:`` and 64 lowercase hex digits.
+BLOB_ID_PATTERN = r"^sha256:([0-9a-f]{64})$"
+_BLOB_ID = re.compile(BLOB_ID_PATTERN)
 _EXPECTED = "'sha256:' followed by 64 lowercase hex digits"
 
 

@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     rate_limit: str = "100/second"
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_blob_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    # a request's headers must arrive within this many seconds, its body within the next
+    api_header_timeout: float = Field(default=10.0, gt=0, le=600)
+    api_body_timeout: float = Field(default=60.0, gt=0, le=3600)
     retry_scale: float = Field(default=1.0, ge=0.0, le=100.0)
     webhook_signing_secret: SecretStr | None = None
     allow_private_networks: bool | None = None

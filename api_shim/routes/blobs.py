@@ -19,6 +19,7 @@ from api_shim.dependencies import Client, Services
 from api_shim.json_response import json_response
 from api_shim.schemas import BlobOut, ErrorEnvelope
 from workers.blob_store import (
+    BLOB_ID_PATTERN,
     BlobNotFoundError,
     BlobTooLargeError,
     BlobWriter,
@@ -70,6 +71,9 @@ async def upload_blob(request: Request, _client_id: Client, services: Services) 
                 await run_in_threadpool(writer.write, b"".join(pending))
         except BlobTooLargeError:
             raise errors.payload_too_large(limit) from None
+        if writer.size == 0:
+            # an empty upload is a client that lost its file, not content worth keeping
+            raise errors.validation_error("body: empty; a blob has at least one byte")
         stored: StoredBlob = await run_in_threadpool(writer.commit)
     return json_response(
         {"blob": stored.blob, "size": stored.size},
@@ -78,7 +82,9 @@ async def upload_blob(request: Request, _client_id: Client, services: Services) 
     )
 
 
-BlobId = Annotated[str, Path(max_length=80, description="sha256:<64 hex digits>")]
+BlobId = Annotated[
+    str, Path(max_length=71, pattern=BLOB_ID_PATTERN, description="sha256:<64 hex digits>")
+]
 
 
 @router.get(

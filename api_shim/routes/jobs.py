@@ -117,6 +117,16 @@ async def create_jobs(request: Request, client_id: Client, services: Services) -
     return json_response({"jobs": jobs_documents(outcome.jobs)}, 202)
 
 
+@router.api_route(
+    "/jobs/batch",
+    methods=["GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"],
+    include_in_schema=False,
+)
+async def batch_with_another_method() -> Response:
+    """``/v1/jobs/batch`` takes only POST: it is never read as the id of a job to get."""
+    raise errors.method_not_allowed(["POST"])
+
+
 @contextlib.contextmanager
 def _intake_refusals() -> Iterator[None]:
     """Turn the intake's refusal into the API's 422."""
@@ -186,6 +196,10 @@ def _encode_cursor(position: queries.PagePosition) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+#: A page of jobs ends early once its documents pass this size; ``next_cursor`` goes on.
+PAGE_MAX_BYTES = 4 << 20
+
+
 @router.get("/jobs", response_model=JobListOut, responses=_ERRORS, summary="List jobs")
 async def list_jobs(  # noqa: PLR0917 - FastAPI passes query parameters by name
     client_id: Client,
@@ -203,7 +217,13 @@ async def list_jobs(  # noqa: PLR0917 - FastAPI passes query parameters by name
     def read() -> tuple[list[dict[str, Any]], queries.PagePosition | None]:
         with services.engine.connect() as connection:
             return queries.list_jobs(
-                connection, client_id, limit=limit, status=status, task=task, after=after
+                connection,
+                client_id,
+                limit=limit,
+                status=status,
+                task=task,
+                after=after,
+                max_bytes=PAGE_MAX_BYTES,
             )
 
     rows, position = await run_in_threadpool(read)

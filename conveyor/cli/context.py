@@ -76,7 +76,8 @@ class LedgerAccess:
     enqueuer: Enqueuer
 
 
-def _reason(error: SQLAlchemyError, settings: Settings) -> str:
+def database_failure(error: SQLAlchemyError, settings: Settings) -> str:
+    """The database's reason for ``error``: its first line, secrets redacted."""
     original = getattr(error, "orig", None)
     text = str(original if original is not None else error).strip()
     first_line = text.splitlines()[0] if text else type(error).__name__
@@ -113,7 +114,7 @@ def ledger_access(settings: Settings) -> Iterator[LedgerAccess]:
             engine, create_session_factory(engine), Enqueuer(engine, Publisher(client))
         )
     except SQLAlchemyError as error:
-        refuse(ExitCode.DEPENDENCY, f"the database failed: {_reason(error, settings)}")
+        refuse(ExitCode.DEPENDENCY, f"the database failed: {database_failure(error, settings)}")
     finally:
         client.close()
         engine.dispose()

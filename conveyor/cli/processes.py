@@ -14,8 +14,11 @@ from typing import Annotated, cast
 
 import typer
 import uvicorn
+from alembic.util.exc import CommandError
+from sqlalchemy.exc import SQLAlchemyError
 
-from conveyor.cli.context import command_settings
+from api_shim.request_deadlines import RequestDeadlineProtocol
+from conveyor.cli.context import ExitCode, command_settings, database_failure, refuse
 from tasks.catalog import POOL_OF_KIND, Kind
 from workers.ledger.schema import upgrade
 from workers.settings import Settings
@@ -91,6 +94,7 @@ def api(
     uvicorn.run(
         "api_shim.app:build",
         factory=True,
+        http=RequestDeadlineProtocol,  # slow clients are disconnected
         host=host or settings.api_host,
         port=port or settings.api_port,
         workers=workers,
@@ -107,5 +111,10 @@ def migrate(
 ) -> None:
     """Upgrade the ledger database to the newest schema (Alembic)."""
     settings = command_settings()
-    upgrade(settings.database_url, revision)
+    try:
+        upgrade(settings.database_url, revision)
+    except SQLAlchemyError as error:
+        refuse(ExitCode.DEPENDENCY, f"the database failed: {database_failure(error, settings)}")
+    except CommandError as error:  # an unknown revision, say
+        refuse(ExitCode.USAGE, f"migration refused: {str(error).splitlines()[0]}")
     typer.echo(f"ledger at {revision}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import time
 import uuid
@@ -22,7 +23,7 @@ import pytest
 import redis
 from sqlalchemy import Engine, func, select
 
-from tests.support.api_server import ALICE, BOB, ApiServer, free_port, running_api
+from tests.support.api_server import ALICE, BOB, DORA, ApiServer, free_port, running_api
 from tests.support.polling import wait_for
 from workers.broker import depth_keys
 from workers.ledger.models import Job
@@ -607,6 +608,33 @@ def test_wrong_method_is_405_with_allow(api: ApiServer, alice: httpx.Client) -> 
     assert {"GET", "POST"} <= allowed, f"Allow: {response.headers.get('allow')!r}"
 
 
+@pytest.mark.parametrize("method", ["OPTIONS", "GET", "DELETE"])
+def test_the_batch_path_takes_only_post_and_is_never_a_job_id(
+    api: ApiServer, alice: httpx.Client, method: str
+) -> None:
+    response = alice.request(method, "/v1/jobs/batch")
+
+    assert_error(response, 405, "method_not_allowed", api)
+    assert response.headers["allow"] == "POST"
+
+
+def test_an_empty_blob_upload_is_refused(api: ApiServer, alice: httpx.Client) -> None:
+    response = alice.post(
+        "/v1/blobs", content=b"", headers={"Content-Type": "application/octet-stream"}
+    )
+
+    error, _ = assert_error(response, 422, "validation_error", api)
+    assert "empty" in error["message"]
+
+
+def test_the_spec_gives_the_blob_id_its_pattern(alice: httpx.Client) -> None:
+    spec = alice.get("/openapi.json").json()
+    parameters = spec["paths"]["/v1/blobs/{blob}"]["get"]["parameters"]
+    blob = next(parameter for parameter in parameters if parameter["name"] == "blob")
+
+    assert blob["schema"]["pattern"] == "^sha256:([0-9a-f]{64})$"
+
+
 # --------------------------------------------------------------------------------------------
 # 503 when the ledger database is away
 
@@ -640,3 +668,61 @@ def test_database_down_answers_503_quickly(ledgerless_api: ApiServer) -> None:
         assert "Traceback" not in ready.text
 
         assert client.get("/healthz").status_code == 200
+
+
+# --------------------------------------------------------------------------------------------
+# No answer grows far beyond what was sent
+
+
+@pytest.mark.parametrize("number", ["1e308", "-1.7976931348623157e308", "1e-40", "1e33"])
+def test_a_number_the_ledger_would_print_in_hundreds_of_digits_is_422(
+    api: ApiServer, alice: httpx.Client, number: str
+) -> None:
+    body = f'{{"task": "diagnostics.echo", "args": {{"value": [{number}]}}}}'.encode()
+
+    response = alice.post("/v1/jobs", content=body, headers={"Content-Type": "application/json"})
+
+    error, _ = assert_error(response, 422, "validation_error", api)
+    assert "plain decimal notation" in error["message"]
+
+
+def test_ordinary_numbers_come_back_as_they_went_in(alice: httpx.Client) -> None:
+    numbers = "[0.1, 6.02e23, 1e-20, -2.5, 1e31, 123456789.125]"
+    body = f'{{"task": "diagnostics.echo", "args": {{"value": {numbers}}}, "delay_seconds": 3600}}'
+
+    created = alice.post(
+        "/v1/jobs", content=body.encode(), headers={"Content-Type": "application/json"}
+    )
+    assert created.status_code == 202, created.text
+    read = alice.get(f"/v1/jobs/{created.json()['id']}")
+    alice.post(f"/v1/jobs/{created.json()['id']}/cancel")
+
+    # the ledger keeps the decimal sent (6.02e23 comes back as 602000000000000000000000)
+    returned = read.json()["args"]["value"]
+    assert all(math.isclose(a, b) for a, b in zip(returned, json.loads(numbers), strict=True))
+    assert len(json.dumps(returned)) <= 2 * len(numbers)
+
+
+def test_a_page_of_large_jobs_ends_early_and_the_cursor_goes_on(api: ApiServer) -> None:
+    """Five jobs of about 900 KiB: a page holds at most 4 MiB of them."""
+    with api.client(DORA[1]) as dora:
+        created = []
+        for n in range(5):
+            big = {"task": "diagnostics.echo", "args": {"value": f"{n}" + "x" * 900_000},
+                   "delay_seconds": 3600}  # fmt: skip
+            answer = dora.post("/v1/jobs", json=big)
+            assert answer.status_code == 202, answer.text
+            created.append(answer.json()["id"])
+        try:
+            first = dora.get("/v1/jobs", params={"limit": 50})
+            rest = dora.get("/v1/jobs", params={"limit": 50, "cursor": first.json()["next_cursor"]})
+        finally:
+            for job_id in created:
+                dora.post(f"/v1/jobs/{job_id}/cancel")
+
+    assert first.status_code == 200
+    assert len(first.content) <= 4 * 1024 * 1024 + 1_000_000
+    page = [job["id"] for job in first.json()["items"]]
+    assert 1 <= len(page) < 5 and first.json()["next_cursor"]
+    following = [job["id"] for job in rest.json()["items"]]
+    assert page + following[: 5 - len(page)] == list(reversed(created))

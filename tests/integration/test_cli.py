@@ -212,7 +212,8 @@ def test_without_redis_the_job_is_recorded_for_the_relay(stack: Stack, workdir: 
 
 
 @pytest.mark.parametrize(
-    "command", [["enqueue", "diagnostics.echo", "--args", '{"value": 1}'], ["jobs", "list"]]
+    "command",
+    [["enqueue", "diagnostics.echo", "--args", '{"value": 1}'], ["jobs", "list"], ["migrate"]],
 )
 def test_a_database_that_does_not_answer_exits_1_quickly(
     stack: Stack, workdir: Path, command: list[str]

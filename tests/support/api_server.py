@@ -16,7 +16,9 @@ from tests.support.workers import CONVEYOR
 
 ALICE = ("alice", "alice-secret-key-0123456789")
 BOB = ("bob", "bob-secret-key-0123456789abc")
-API_KEYS = ",".join(f"{client}:{secret}" for client, secret in (ALICE, BOB))
+# a client whose jobs no other test lists: for tests that leave large jobs behind
+DORA = ("dora", "dora-secret-key-0123456789ab")
+API_KEYS = ",".join(f"{client}:{secret}" for client, secret in (ALICE, BOB, DORA))
 
 
 @dataclass
