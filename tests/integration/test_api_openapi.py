@@ -30,9 +30,27 @@ from tests.support.api_server import ALICE, ApiServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
-MAX_EXAMPLES = 50
-MIN_TOTAL_CASES = 300
+MAX_EXAMPLES = 140
+MIN_TOTAL_CASES = 2000
 SERVER_ERROR_CHECK = "not_a_server_error"
+# every check schemathesis has: status codes, content types, headers and bodies conform
+# to the spec, valid data accepted and invalid data refused, auth not ignored, and so on
+ALL_CHECKS = {
+    "not_a_server_error", "status_code_conformance", "content_type_conformance",
+    "response_schema_conformance", "response_headers_conformance", "positive_data_acceptance",
+    "negative_data_rejection", "use_after_free", "ensure_resource_availability",
+    "missing_required_header", "ignored_auth", "unsupported_method", "allow_header_conformance",
+}  # fmt: skip
+# (operation, check) findings that are not defects, and why
+TOLERATED = {
+    ("GET /v1/jobs", "positive_data_acceptance"):
+        "a cursor is opaque: only one the API handed out is valid, whatever its shape",
+    ("POST /v1/jobs", "positive_data_acceptance"):
+        "args are checked against the task's own schema (GET /v1/tasks lists them), which the"
+        " job schema does not repeat: any object passes the spec",
+    ("POST /v1/jobs/batch", "positive_data_acceptance"): "the same, for each item",
+    ("Stateful tests", "positive_data_acceptance"): "the same, in sequences of calls",
+}  # fmt: skip
 
 OPERATIONS = {
     "POST /v1/jobs",
@@ -85,6 +103,8 @@ class FuzzReport:
     server_errors: list[str] = field(default_factory=list)
     tracebacks: list[str] = field(default_factory=list)
     other_findings: Counter[str] = field(default_factory=Counter)
+    findings: set[tuple[str, str]] = field(default_factory=set)
+    checks_run: set[str] = field(default_factory=set)
     finding_samples: dict[str, str] = field(default_factory=dict)
     engine_errors: list[str] = field(default_factory=list)
 
@@ -110,6 +130,7 @@ class FuzzReport:
                 self.tracebacks.append(f"{sent} -> {response.status_code}")
         for checks in recorder.checks.values():
             for check in checks:
+                self.checks_run.add(check.name)
                 if check.status.value == "success" or check.failure_info is None:
                     continue
                 key = f"{label}: {check.name}"
@@ -119,6 +140,7 @@ class FuzzReport:
                 if check.name == SERVER_ERROR_CHECK:
                     self.server_errors.append(sample)
                 else:
+                    self.findings.add((label, check.name))
                     self.other_findings[key] += 1
                     self.finding_samples.setdefault(key, sample[:900])
 
@@ -144,7 +166,8 @@ class FuzzReport:
         print(f"engine errors: {len(self.engine_errors)}")
         for failure in self.engine_errors[:20]:
             print(f"  {failure}")
-        print("other schemathesis checks that failed (reported, not asserted):")
+        print(f"checks run: {', '.join(sorted(self.checks_run))}")
+        print("other schemathesis checks that failed (asserted, but for the tolerated ones):")
         for key, count in sorted(self.other_findings.items()):
             print(f"  {count:5d}  {key}\n         {self.finding_samples[key]}")
 
@@ -243,3 +266,17 @@ def test_no_input_makes_a_server_error(fuzz_report: FuzzReport) -> None:
 
 def test_no_answer_carries_a_traceback(fuzz_report: FuzzReport) -> None:
     assert fuzz_report.tracebacks == []
+
+
+def test_every_check_runs(fuzz_report: FuzzReport) -> None:
+    assert fuzz_report.checks_run >= ALL_CHECKS - {"use_after_free", "ensure_resource_availability"}
+
+
+def test_answers_conform_to_the_spec(fuzz_report: FuzzReport) -> None:
+    """Status codes, headers, content types and bodies as documented; valid data accepted."""
+    untolerated = {finding for finding in fuzz_report.findings if finding not in TOLERATED}
+    samples = {
+        f"{label}: {check}": fuzz_report.finding_samples.get(f"{label}: {check}", "")
+        for label, check in untolerated
+    }
+    assert not untolerated, samples

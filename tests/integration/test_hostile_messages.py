@@ -173,6 +173,7 @@ def test_a_hostile_message_is_refused_once_and_the_worker_keeps_consuming(
     assert not any(raw == value for value in broker.hvals("unacked"))
     if task_id is not None:
         assert stack.ledger.job(task_id) is None  # nothing ran, nothing was recorded
+    assert stack.ledger.job("None") is None  # celery.map once recorded a job with that id
 
 
 def test_refused_messages_are_counted_in_the_apis_metrics(

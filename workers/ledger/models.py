@@ -27,7 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 #: Ids, keys and names in the ledger are printable ASCII: a NUL or a control character
 #: names nothing, and PostgreSQL refuses NUL in text.
-PRINTABLE_ASCII = r"^[\x21-\x7e]+$"
+PRINTABLE_ASCII = r"^[!-~]+$"  # "!" is 0x21, "~" 0x7e: no escapes, the same in every dialect
 JOB_ID_MAX_LENGTH = 64
 
 
