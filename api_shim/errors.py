@@ -61,6 +61,11 @@ def conflict(message: str, details: Any = None) -> ApiError:
     return ApiError(409, "conflict", message, details=details)
 
 
+def bad_request(message: str) -> ApiError:
+    """400: the request is not valid HTTP (a malformed header, say)."""
+    return ApiError(400, "bad_request", message)
+
+
 def method_not_allowed(allowed: list[str], message: str = "Method Not Allowed") -> ApiError:
     """405, with ``Allow`` naming the methods the path answers."""
     return ApiError(405, "method_not_allowed", message, headers={"Allow": ", ".join(allowed)})

@@ -7,6 +7,9 @@ be complete ``CONVEYOR_API_HEADER_TIMEOUT`` seconds after the connection opens o
 request's first byte arrives, and its body ``CONVEYOR_API_BODY_TIMEOUT`` seconds after the
 headers. A never-ending chunked body ends at the body deadline. Once the request is in,
 no deadline applies: the answer takes what it takes, and keep-alive works as before.
+
+A request that is not valid HTTP is answered here too, with the API's error model and an
+``error_id`` in the log, not uvicorn's plain-text 400.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from api_shim import errors
 from workers.settings import get_settings
+from workers.structured_logging import new_error_id
 
 logger = logging.getLogger("api_shim")
 
@@ -60,6 +65,25 @@ class RequestDeadlineProtocol(HttpToolsProtocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+
+    def send_400_response(self, msg: str) -> None:
+        """A request that is not valid HTTP: the API's error model, logged with its id."""
+        error = errors.bad_request(msg)
+        error_id = new_error_id()
+        logger.log(
+            error.log_level,
+            "request refused before routing: %s",
+            msg,
+            extra={"error_id": error_id, "status": error.status, "code": error.code},
+        )
+        body = errors.error_body(error, error_id)
+        self.transport.write(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+            + f"content-length: {len(body)}\r\n".encode()
+            + b"connection: close\r\n\r\n"
+            + body
+        )
+        self.transport.close()
 
     def _too_slow(self, part: str, seconds: float) -> None:
         self._deadline = None

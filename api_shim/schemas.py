@@ -164,3 +164,12 @@ class ErrorEnvelope(BaseModel):
     """``{"error": {...}}``."""
 
     error: ErrorDetail
+
+
+#: What any request may get, whatever its route: not valid HTTP, or a bug.
+_ALWAYS = (400, 500)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` entries of an operation's refusals, in the error model."""
+    return {status: {"model": ErrorEnvelope} for status in sorted({*_ALWAYS, *statuses})}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response, StreamingResponse
@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from api_shim import errors
 from api_shim.dependencies import Client, Services
 from api_shim.json_response import json_response
-from api_shim.schemas import BlobOut, ErrorEnvelope
+from api_shim.schemas import BlobOut, error_responses
 from workers.blob_store import (
     BLOB_ID_PATTERN,
     BlobNotFoundError,
@@ -31,9 +31,7 @@ router = APIRouter(prefix="/v1", tags=["blobs"])
 
 # chunks gathered before a trip to the writer thread: few hops, bounded memory
 _FLUSH_BYTES = 1 << 20
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorEnvelope} for code in (401, 404, 413, 422, 429, 503)
-}
+_ERRORS = error_responses(401, 404, 413, 422, 429, 503)
 
 
 @router.post(

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 from fastapi.responses import Response
 
 from api_shim.dependencies import Client, Services
 from api_shim.json_response import json_response
-from api_shim.schemas import ErrorEnvelope, TaskOut
+from api_shim.schemas import TaskOut, error_responses
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorEnvelope} for code in (401, 429, 500, 503)
-}
+_ERRORS = error_responses(401, 429, 503)
 router = APIRouter(prefix="/v1", tags=["catalog"])
 
 

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from api_shim.dependencies import Services
 from api_shim.json_response import json_response
 from api_shim.metrics import CONTENT_TYPE
+from api_shim.schemas import error_responses
 from api_shim.services import ApiServices
 from workers.pool_fitness import FitnessCount
 
@@ -22,7 +23,7 @@ router = APIRouter(tags=["operations"])
 PROBE_TIMEOUT_SECONDS = 2.0
 
 
-@router.get("/healthz", summary="Liveness")
+@router.get("/healthz", summary="Liveness", responses=error_responses())
 async def healthz() -> Response:
     """``200`` while the process serves requests."""
     return json_response({"status": "ok"})
@@ -42,7 +43,11 @@ async def _check(name: str, probe: object) -> str | None:
     return None
 
 
-@router.get("/readyz", summary="Readiness", responses={503: {"description": "not ready"}})
+@router.get(
+    "/readyz",
+    summary="Readiness",
+    responses={**error_responses(), 503: {"description": "not ready"}},
+)
 async def readyz(services: Services) -> Response:
     """``200`` when Redis and the ledger database answer, else ``503`` naming which does not."""
     redis_error, database_error = await asyncio.gather(
@@ -59,7 +64,9 @@ async def readyz(services: Services) -> Response:
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics", summary="Prometheus metrics", response_class=Response, responses=error_responses()
+)
 async def metrics(services: Services) -> Response:
     """Prometheus text: requests, enqueued jobs, queue depths, pool fitness, refused messages."""
 

@@ -21,7 +21,15 @@ from api_shim import errors
 from api_shim.dependencies import Client, Services, json_document
 from api_shim.intake import JobRefusedError
 from api_shim.json_response import MEDIA_TYPE, json_response
-from api_shim.schemas import BatchIn, BatchOut, ErrorEnvelope, JobIn, JobListOut, JobOut, Status
+from api_shim.schemas import (
+    BatchIn,
+    BatchOut,
+    JobIn,
+    JobListOut,
+    JobOut,
+    Status,
+    error_responses,
+)
 from api_shim.services import ApiServices
 from workers.broker import Dispatch
 from workers.enqueue import Accepted, Conflict
@@ -33,9 +41,7 @@ from workers.ledger.models import JOB_ID_MAX_LENGTH, PRINTABLE_ASCII, Job, is_jo
 logger = logging.getLogger("api_shim")
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorEnvelope} for code in (401, 404, 409, 413, 415, 422, 429, 500, 503)
-}
+_ERRORS = error_responses(401, 404, 409, 413, 415, 422, 429, 503)
 
 
 def _body_schema(model: type[JobIn] | type[BatchIn]) -> dict[str, Any]:

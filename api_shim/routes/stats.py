@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from api_shim.dependencies import Client, Services
 from api_shim.json_response import json_response
-from api_shim.schemas import ErrorEnvelope, StatsOut
+from api_shim.schemas import StatsOut, error_responses
 from workers.broker import depth_keys, sum_depths
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorEnvelope} for code in (401, 429, 500, 503)
-}
+_ERRORS = error_responses(401, 429, 503)
 router = APIRouter(prefix="/v1", tags=["operations"])
 
 

@@ -12,11 +12,13 @@ import base64
 import json
 import math
 import re
+import socket
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -726,3 +728,19 @@ def test_a_page_of_large_jobs_ends_early_and_the_cursor_goes_on(api: ApiServer) 
     assert 1 <= len(page) < 5 and first.json()["next_cursor"]
     following = [job["id"] for job in rest.json()["items"]]
     assert page + following[: 5 - len(page)] == list(reversed(created))
+
+
+def test_a_request_that_is_not_valid_http_gets_the_error_model(api: ApiServer) -> None:
+    address = urlsplit(api.base_url)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as connection:
+        connection.sendall(b"GET /v1/stats HTTP/1.1\r\nHost: x\r\ncontent-length: p,\r\n\r\n")
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), answer
+    assert b"content-type: application/json" in head.lower()
+    error = json.loads(body)["error"]
+    assert error["code"] == "bad_request"
+    assert log_entry(api, error["error_id"])["status"] == 400

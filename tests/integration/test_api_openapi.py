@@ -30,7 +30,7 @@ from tests.support.api_server import ALICE, ApiServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
-MAX_EXAMPLES = 140
+MAX_EXAMPLES = 200
 MIN_TOTAL_CASES = 2000
 SERVER_ERROR_CHECK = "not_a_server_error"
 # every check schemathesis has: status codes, content types, headers and bodies conform
