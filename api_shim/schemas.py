@@ -137,11 +137,19 @@ class TaskOut(BaseModel):
     args_schema: dict[str, Any]
 
 
+class RelayOut(BaseModel):
+    """Whether the outbox relay runs: ``ok``, or how long it has not."""
+
+    status: str
+    seconds_since_last_run: float | None
+
+
 class StatsOut(BaseModel):
-    """The calling client's jobs by status, and every queue's depth."""
+    """The calling client's jobs by status, every queue's depth, and the outbox relay."""
 
     jobs: dict[str, int]
     queues: dict[str, int]
+    relay: RelayOut
 
 
 class BlobOut(BaseModel):

@@ -14,7 +14,7 @@ from tasks.catalog import KINDS, Catalog, build_catalog
 from workers.hub_monitor import HubBlock, HubBlockMonitor
 from workers.message_judge import MessageJudge
 from workers.pool_fitness import record_hub_block
-from workers.relay import RELAY_TASK, register_relay
+from workers.relay import RELAY_TASK, RelayLoop, register_relay
 from workers.runtime import ConveyorCelery, WorkerRuntime, pool_name_of
 from workers.settings import Settings, SettingsError
 from workers.structured_logging import configure_logging, log_context
@@ -174,6 +174,20 @@ def _connect_worker_signals(app: ConveyorCelery) -> None:
             extra={"pool": pool, "concurrency": runtime.concurrency},
         )
 
+    relays: list[RelayLoop] = []
+
+    def on_worker_ready(**_: Any) -> None:
+        # the io workers relay the outbox; a prefork main process starts no thread of its
+        # own, since a fork taken while it held a lock would leave the child stuck
+        if runtime.pool == "gevent" and not relays:
+            relays.append(RelayLoop(runtime))
+            relays[0].start()
+
+    def on_worker_stop(**_: Any) -> None:
+        for relay in relays:
+            relay.stop()
+        on_process_shutdown()
+
     def on_process_init(**_: Any) -> None:
         runtime.reset_after_fork()
 
@@ -184,4 +198,5 @@ def _connect_worker_signals(app: ConveyorCelery) -> None:
     signals.worker_init.connect(on_worker_init, weak=False)
     signals.worker_process_init.connect(on_process_init, weak=False)
     signals.worker_process_shutdown.connect(on_process_shutdown, weak=False)
-    signals.worker_shutdown.connect(on_process_shutdown, weak=False)
+    signals.worker_ready.connect(on_worker_ready, weak=False)
+    signals.worker_shutdown.connect(on_worker_stop, weak=False)

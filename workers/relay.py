@@ -1,17 +1,24 @@
-"""The outbox relay: a beat-scheduled task that publishes jobs the producer could not.
+"""The outbox relay: publishes jobs the producer could not, and delayed jobs once due.
 
 It picks up jobs whose delay is over, jobs recorded while Redis was down, and jobs whose
-producer died between commit and publish.
+producer died between commit and publish. Every io (gevent) worker runs it once a second
+in a greenlet of its own (:class:`RelayLoop`), so no single process has to be up for it;
+any number of relays cooperate, each taking only rows no other has locked (``SKIP
+LOCKED``). ``conveyor beat`` may still send it as a task every second: harmless beside the
+workers' loops. Each run leaves its time in Redis (:mod:`workers.relay_heartbeat`), which
+``/readyz``, ``/v1/stats`` and ``conveyor check`` report.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 
 import redis
 from sqlalchemy.exc import SQLAlchemyError
 
-from workers.runtime import ConveyorCelery, runtime_of
+from workers.relay_heartbeat import record_relay_run
+from workers.runtime import ConveyorCelery, WorkerRuntime, runtime_of
 
 logger = logging.getLogger(__name__)
 
@@ -22,24 +29,57 @@ _ROUNDS = 20
 _BATCH = 1000
 
 
+def relay_outbox(runtime: WorkerRuntime) -> int:
+    """Publish every job due now (in rounds); how many. A failure is logged, not raised."""
+    enqueuer = runtime.enqueuer
+    published = 0
+    try:
+        for _ in range(_ROUNDS):
+            count = enqueuer.relay_due(limit=_BATCH)
+            published += count
+            if count < _BATCH:
+                break
+        record_relay_run(runtime.redis_client)
+    except (redis.RedisError, SQLAlchemyError) as error:
+        logger.warning("outbox relay could not run", extra={"reason": str(error)})
+    if published:
+        logger.info("outbox relay published %d jobs", published)
+    return published
+
+
+class RelayLoop:
+    """Runs :func:`relay_outbox` every ``interval`` seconds until stopped.
+
+    In a gevent worker the thread is a greenlet (threading is patched), and the relay's
+    database and Redis calls yield like any task's.
+    """
+
+    def __init__(self, runtime: WorkerRuntime, interval: float = RELAY_INTERVAL_SECONDS) -> None:
+        self._runtime = runtime
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="outbox-relay", daemon=True)
+
+    def start(self) -> None:
+        """Start relaying."""
+        self._thread.start()
+        logger.info("outbox relay running every %g s", self._interval)
+
+    def stop(self) -> None:
+        """Stop after the current run."""
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            relay_outbox(self._runtime)
+
+
 def register_relay(app: ConveyorCelery) -> None:
     """Declare the relay task on ``app`` and schedule it every second with beat."""
 
     @app.task(name=RELAY_TASK, ignore_result=True, acks_late=False, shared=False)
-    def relay_outbox() -> int:
-        enqueuer = runtime_of(app).enqueuer
-        published = 0
-        try:
-            for _ in range(_ROUNDS):
-                count = enqueuer.relay_due(limit=_BATCH)
-                published += count
-                if count < _BATCH:
-                    break
-        except (redis.RedisError, SQLAlchemyError) as error:
-            logger.warning("outbox relay could not run", extra={"reason": str(error)})
-        if published:
-            logger.info("outbox relay published %d jobs", published)
-        return published
+    def relay_outbox_task() -> int:
+        return relay_outbox(runtime_of(app))
 
     app.conf.beat_schedule = {
         "relay-outbox": {

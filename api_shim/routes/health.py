@@ -16,6 +16,7 @@ from api_shim.metrics import CONTENT_TYPE
 from api_shim.schemas import error_responses
 from api_shim.services import ApiServices
 from workers.pool_fitness import FitnessCount
+from workers.relay_heartbeat import RELAY_LAST_RUN_KEY, age_of, describe_relay
 
 logger = logging.getLogger("api_shim")
 router = APIRouter(tags=["operations"])
@@ -43,13 +44,27 @@ async def _check(name: str, probe: object) -> str | None:
     return None
 
 
+async def _relay_status(services: ApiServices) -> str:
+    try:
+        raw = await asyncio.wait_for(
+            services.async_redis.get(RELAY_LAST_RUN_KEY), PROBE_TIMEOUT_SECONDS
+        )
+    except Exception as error:  # noqa: BLE001 - a probe reports, it does not fail
+        return f"unknown ({type(error).__name__})"
+    return describe_relay(age_of(raw))
+
+
 @router.get(
     "/readyz",
     summary="Readiness",
     responses={**error_responses(), 503: {"description": "not ready"}},
 )
 async def readyz(services: Services) -> Response:
-    """``200`` when Redis and the ledger database answer, else ``503`` naming which does not."""
+    """``200`` when Redis and the ledger database answer, else ``503`` naming which does not.
+
+    ``checks.relay`` says whether the outbox relay runs; the API does not need it to take
+    jobs, so it never makes the API unready.
+    """
     redis_error, database_error = await asyncio.gather(
         _check("redis", services.async_redis.ping()),
         _check("database", run_in_threadpool(_database_answers, services)),
@@ -59,6 +74,8 @@ async def readyz(services: Services) -> Response:
         "database": "ok" if database_error is None else f"unavailable ({database_error})",
     }
     ready = redis_error is None and database_error is None
+    if redis_error is None:
+        checks["relay"] = await _relay_status(services)
     return json_response(
         {"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503
     )

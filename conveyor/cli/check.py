@@ -15,6 +15,7 @@ from conveyor.cli.context import command_settings
 from tasks.catalog import build_catalog
 from workers.celery_app import check_visibility_timeout
 from workers.ledger.database_url import is_sqlite, missing_sqlite_file
+from workers.relay_heartbeat import describe_relay, relay_age
 from workers.settings import SettingsError
 from workers.structured_logging import Redactor
 
@@ -68,3 +69,16 @@ def check() -> None:
     if failures:
         raise typer.Exit(1)
     typer.echo("settings valid; Redis and the database answer")
+    # workers may not run yet (a check before a deploy): said, not failed
+    typer.echo(f"outbox relay: {relay_status(settings.redis_url)}")
+
+
+def relay_status(url: str, timeout: float = 3.0) -> str:
+    """Whether the outbox relay runs against the Redis at ``url``, in a few words."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        return describe_relay(relay_age(client))
+    except redis.RedisError as error:
+        return f"unknown ({error})"
+    finally:
+        client.close()

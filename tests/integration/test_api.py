@@ -366,7 +366,9 @@ def test_probes_metrics_and_the_openapi_document(api: ApiServer) -> None:
         spec = client.get("/openapi.json").json()
         docs = client.get("/docs")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"redis": "ok", "database": "ok"}
+    checks = ready.json()["checks"]
+    assert (checks["redis"], checks["database"]) == ("ok", "ok")
+    assert set(checks) == {"redis", "database", "relay"}  # the relay's state, reported
     assert "conveyor_jobs_enqueued_total" in metrics
     assert "conveyor_http_requests_total" in metrics
     assert 'conveyor_queue_depth{queue="io"}' in metrics
