@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import TypeVar
 
 from fastapi import APIRouter
 from fastapi.responses import Response
@@ -20,6 +22,7 @@ from workers.relay_heartbeat import RELAY_LAST_RUN_KEY, age_of, describe_relay
 
 logger = logging.getLogger("api_shim")
 router = APIRouter(tags=["operations"])
+T = TypeVar("T")
 
 PROBE_TIMEOUT_SECONDS = 2.0
 
@@ -81,32 +84,30 @@ async def readyz(services: Services) -> Response:
     )
 
 
+def _or_empty(read: Callable[[], T], empty: Callable[[], T], what: str) -> Callable[[], T]:
+    """``read``, answering ``empty()`` (with a warning) when Redis does not."""
+
+    def guarded() -> T:
+        try:
+            return read()
+        except Exception:  # noqa: BLE001 - a scrape without these beats no scrape
+            logger.warning("metrics: %s unavailable", what)
+            return empty()
+
+    return guarded
+
+
 @router.get(
     "/metrics", summary="Prometheus metrics", response_class=Response, responses=error_responses()
 )
 async def metrics(services: Services) -> Response:
     """Prometheus text: requests, enqueued jobs, queue depths, pool fitness, refused messages."""
-
-    def depths() -> dict[str, int]:
-        try:
-            return services.queue_depths()
-        except Exception:  # noqa: BLE001 - a scrape without depths beats no scrape
-            logger.warning("metrics: queue depths unavailable")
-            return {}
-
-    def fitness() -> list[FitnessCount]:
-        try:
-            return services.pool_fitness()
-        except Exception:  # noqa: BLE001 - a scrape without these beats no scrape
-            logger.warning("metrics: pool-fitness counters unavailable")
-            return []
-
-    def rejections() -> dict[str, int]:
-        try:
-            return services.rejected_messages()
-        except Exception:  # noqa: BLE001 - a scrape without these beats no scrape
-            logger.warning("metrics: rejected-message counters unavailable")
-            return {}
-
+    depths: Callable[[], dict[str, int]] = _or_empty(services.queue_depths, dict, "queue depths")
+    fitness: Callable[[], list[FitnessCount]] = _or_empty(
+        services.pool_fitness, list, "pool-fitness counters"
+    )
+    rejections: Callable[[], dict[str, int]] = _or_empty(
+        services.rejected_messages, dict, "rejected-message counters"
+    )
     body = await run_in_threadpool(services.metrics.scrape, depths, fitness, rejections)
     return Response(body, media_type=CONTENT_TYPE)
