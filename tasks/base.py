@@ -11,12 +11,12 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
 import redis
 from celery import Task
-from celery.exceptions import Ignore, Reject
+from celery.exceptions import Ignore, Reject, Retry
 from pydantic import JsonValue, ValidationError
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
@@ -43,6 +43,8 @@ _MESSAGE_LIMIT = 2000
 LEDGER_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError, IntegrityError)
 # pauses between tries of an outcome write before the message is requeued
 _LEDGER_WRITE_PAUSES = (0.2, 1.0, 3.0)
+#: Retries due this far ahead or more wait in the ledger, not in a countdown message.
+LEDGER_SCHEDULED_RETRY_SECONDS = 1.0
 Outcome = TypeVar("Outcome")
 
 
@@ -199,16 +201,23 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
         unexpected = policy is UNEXPECTED
         log_extra = {"error_id": error_id, "error_type": info.type, "policy": policy.name}
         if policy.allows_another(start.attempt_in_round):
-            delay = self._bounded_delay(
-                runtime,
-                policy.delay(
-                    start.attempt_in_round, error, runtime.settings.retry_scale, runtime.rng
-                ),
+            delay = policy.delay(
+                start.attempt_in_round, error, runtime.settings.retry_scale, runtime.rng
             )
+            # a retry due within a second goes out at once as a countdown message; a later
+            # one waits in the ledger's outbox and the relay publishes it when it is due, so
+            # no worker holds it and no visibility timeout bounds it
+            in_outbox = delay >= LEDGER_SCHEDULED_RETRY_SECONDS
 
             def record_retry(connection: Connection) -> int | None:
                 return ledger.record_retry(
-                    connection, job_id, start.attempt, error=info, delay=delay, now=_now()
+                    connection,
+                    job_id,
+                    start.attempt,
+                    error=info,
+                    delay=delay,
+                    now=_now(),
+                    in_outbox=in_outbox,
                 )
 
             generation = self._write_outcome(runtime, record_retry)
@@ -223,6 +232,9 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
                 exc_info=unexpected,
                 extra={**log_extra, "retry_in_seconds": round(delay, 3)},
             )
+            if in_outbox:
+                # Celery records RETRY and acknowledges the message; no message is sent
+                raise Retry(exc=error, when=_now() + timedelta(seconds=delay))
             raise self.retry(exc=error, countdown=delay)
 
         def record_failure(connection: Connection) -> JobStatus:

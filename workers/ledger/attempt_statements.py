@@ -173,7 +173,7 @@ _JOB_DONE_KEYS = ("status", "result", "error", "finished_at", "updated_at")
 _FINISH_IN_ONE = _finish_in_one(FINISH_JOB, _JOB_DONE_KEYS, ("error", "finished_at"))
 _RETRY_IN_ONE = _finish_in_one(
     SCHEDULE_RETRY,
-    ("status", "error", "next_retry_at", "updated_at"),
+    ("status", "error", "next_retry_at", "publish_after", "updated_at"),
     ("error", "finished_at", "retry_delay_seconds"),
 )
 _FAIL_IN_ONE = _finish_in_one(

@@ -366,11 +366,16 @@ def record_retry(
     error: ErrorInfo,
     delay: float,
     now: datetime,
+    in_outbox: bool = False,
 ) -> int | None:
     """Schedule another attempt after ``delay`` seconds; the new generation, or ``None``.
 
-    ``None`` means the job was cancelled while the attempt ran, so nothing is scheduled.
+    ``in_outbox``: the ledger publishes the retry when it is due (the job goes back into the
+    outbox with ``publish_after`` at that time), instead of the caller sending a countdown
+    message. ``None`` means the job was cancelled while the attempt ran, so nothing is
+    scheduled.
     """
+    due = now + timedelta(seconds=delay)
     moved = _finish(
         connection,
         statements.SCHEDULE_RETRY,
@@ -380,7 +385,8 @@ def record_retry(
         job_values={
             "status": JobStatus.RETRYING.value,
             "error": error.as_json(),
-            "next_retry_at": now + timedelta(seconds=delay),
+            "next_retry_at": due,
+            "publish_after": due if in_outbox else None,
         },
         attempt_values={"error": error.as_json(), "retry_delay_seconds": delay},
         now=now,

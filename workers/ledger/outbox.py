@@ -164,6 +164,12 @@ def due_for_publishing(connection: Connection, now: datetime, limit: int) -> lis
     return [dict(row) for row in rows]
 
 
+_PUBLISHABLE = frozenset({JobStatus.QUEUED.value, JobStatus.RETRYING.value})
+
+
 def is_publishable(row: Mapping[str, Any]) -> bool:
-    """Whether an outbox row should be published, rather than just dropped from the outbox."""
-    return bool(row["status"] == JobStatus.QUEUED.value)
+    """Whether an outbox row should be published, rather than just dropped from the outbox.
+
+    A queued job waits for its first attempt; a retrying one for the retry the ledger holds.
+    """
+    return row["status"] in _PUBLISHABLE
