@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -152,9 +153,12 @@ def test_a_hostile_message_is_refused_once_and_the_worker_keeps_consuming(
     raw, task_id = build(queue)
 
     broker.lpush(queue, raw)
+    sent = time.monotonic()
     canary = stack.client.send_task(CANARY[queue], kwargs=CANARY_ARGS[queue], queue=queue)
 
     assert canary.get(timeout=60)["pool"] == POOL[queue]  # the worker took the next message
+    took = time.monotonic() - sent
+    print(f"\n{name} on {queue}: refused ({reason}); canary round trip {took:.3f} s")
     assert worker.process.poll() is None
     wait_for(lambda: _rejections(broker).get(reason, 0) > counted_before, timeout=30,
              what=f"the {reason} rejection to be counted")  # fmt: skip
