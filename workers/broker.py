@@ -27,6 +27,8 @@ Priority = Literal["high", "normal", "low"]
 PRIORITY_STEPS: dict[Priority, int] = {"high": 0, "normal": 3, "low": 6}
 _KOMBU_STEPS = (0, 3, 6, 9)
 _KOMBU_SEPARATOR = "\x06\x16"
+#: kombu's hash of messages delivered to a consumer and not yet acknowledged.
+UNACKED_KEY = "unacked"
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _REPR_LIMIT = 1024
 
@@ -125,6 +127,40 @@ class Publisher:
                 key = queue_key(dispatch.queue, PRIORITY_STEPS[dispatch.priority])
                 pipe.lpush(key, self._encoder.encode(dispatch))
             pipe.execute()
+
+    def ids_held(self, *, at_most: int) -> set[str] | None:
+        """The job ids of every message Redis holds: waiting in a queue, or delivered to a
+        worker and not yet acknowledged (kombu's ``unacked`` hash).
+
+        ``None`` when there are more than ``at_most`` messages: too many to read in one go.
+        """
+        keys = [key for _queue, key in depth_keys()]
+        with self._client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.llen(key)
+            pipe.hlen(UNACKED_KEY)
+            sizes = pipe.execute()
+        if sum(int(size) for size in sizes) > at_most:
+            return None
+        with self._client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.lrange(key, 0, -1)
+            pipe.hvals(UNACKED_KEY)
+            *waiting, delivered = pipe.execute()
+        found = [_message_id(raw) for entries in waiting for raw in entries]
+        found += [_message_id(raw, delivered=True) for raw in delivered]
+        return {task_id for task_id in found if task_id is not None}
+
+
+def _message_id(raw: bytes, *, delivered: bool = False) -> str | None:
+    """The ``id`` header of a kombu envelope (``[envelope, exchange, key]`` once delivered)."""
+    try:
+        document = json.loads(raw)
+        envelope = document[0] if delivered else document
+        task_id = envelope["headers"]["id"]
+    except (ValueError, TypeError, KeyError, IndexError):
+        return None
+    return task_id if isinstance(task_id, str) else None
 
 
 def depth_keys() -> list[tuple[str, str]]:

@@ -11,6 +11,7 @@ worker drops a message for a job that has finished.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,10 @@ from workers.ledger.models import JobStatus
 from workers.ledger.outbox import RELAY_GRACE
 
 logger = logging.getLogger(__name__)
+
+# a reconciler reads every message Redis holds to find lost ones, up to this many
+_MESSAGES_READ_AT_MOST = 200_000
+_SECOND_LOOK_SECONDS = 1.0
 
 
 def _utcnow() -> datetime:
@@ -222,23 +227,45 @@ class Enqueuer:
             rows = outbox.due_for_publishing(connection, now, limit)
             if not rows:
                 return 0
-            dispatches = [
-                Dispatch(
-                    row["id"],
-                    row["task"],
-                    row["queue"],
-                    dict(row["args"] or {}),
-                    row["priority"],
-                    int(row["retry_generation"]),
-                )
-                for row in rows
-                if outbox.is_publishable(row)
-            ]
+            dispatches = [_dispatch_of(row) for row in rows if outbox.is_publishable(row)]
             # published while the rows are locked: if Redis fails, the transaction rolls
             # back and the jobs stay in the outbox
             self._publisher.publish(dispatches)
             outbox.mark_published(connection, [row["id"] for row in rows], now)
         return len(dispatches)
+
+    def republish_lost(self, *, waiting_longer_than: timedelta, at_most: int = 1000) -> int:
+        """Publish again the jobs the ledger says are waiting whose messages Redis lost.
+
+        A job published ``waiting_longer_than`` ago or more, still ``queued`` (or
+        ``retrying``, its retry sent as a countdown), whose message is neither in a queue
+        nor delivered to a worker, went missing in Redis (a restart without persistence, a
+        failover to a lagging replica, a flush): it is published again. How many were.
+        When Redis holds more messages than can be read in one go, nothing is decided.
+        """
+        now = self._clock()
+        with self._engine.begin() as connection:
+            rows = outbox.published_but_waiting(connection, now - waiting_longer_than, at_most)
+            if not rows:
+                return 0
+            held = self._publisher.ids_held(at_most=_MESSAGES_READ_AT_MOST)
+            if held is None:
+                logger.warning("too many messages in Redis to check for lost ones; skipped")
+                return 0
+            lost = [row for row in rows if row["id"] not in held]
+            if lost:
+                # a message a worker has just popped is in neither place for an instant; a
+                # second look, once that instant is surely over, finds it delivered
+                time.sleep(_SECOND_LOOK_SECONDS)
+                again = self._publisher.ids_held(at_most=_MESSAGES_READ_AT_MOST)
+                lost = [] if again is None else [row for row in lost if row["id"] not in again]
+            dispatches = [_dispatch_of(row) for row in lost]
+            # published while the rows are locked, so no other reconciler publishes them too
+            self._publisher.publish(dispatches)
+            outbox.mark_published(connection, [row["id"] for row in lost], now)
+        if lost:
+            logger.warning("published again %d jobs whose messages Redis no longer had", len(lost))
+        return len(lost)
 
     def _publish_after(self, job: JobRequest, now: datetime) -> datetime:
         if job.scheduled_for is not None and job.scheduled_for > now:
@@ -278,6 +305,18 @@ class Enqueuer:
             jobs.append(earlier)
             replayed.append(True)
         return Accepted(jobs, replayed)
+
+
+def _dispatch_of(row: Mapping[str, Any]) -> Dispatch:
+    """The message that runs a recorded job's current round."""
+    return Dispatch(
+        row["id"],
+        row["task"],
+        row["queue"],
+        dict(row["args"] or {}),
+        row["priority"],
+        int(row["retry_generation"]),
+    )
 
 
 def _rows_by_submission(

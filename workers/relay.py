@@ -1,10 +1,11 @@
 """The outbox relay: publishes jobs the producer could not, and delayed jobs once due.
 
 It picks up jobs whose delay is over, jobs recorded while Redis was down, and jobs whose
-producer died between commit and publish. Every io (gevent) worker runs it once a second
-in a greenlet of its own (:class:`RelayLoop`), so no single process has to be up for it;
-any number of relays cooperate, each taking only rows no other has locked (``SKIP
-LOCKED``). ``conveyor beat`` may still send it as a task every second: harmless beside the
+producer died between commit and publish; and, every ten runs, jobs the ledger says were
+published and still wait whose messages Redis no longer has. Every io (gevent) worker runs
+it once a second in a greenlet of its own (:class:`RelayLoop`), so no single process has to
+be up for it; any number of relays cooperate, each taking only rows no other has locked
+(``SKIP LOCKED``). ``conveyor beat`` may still send it as a task every second: harmless beside the
 workers' loops. Each run leaves its time in Redis (:mod:`workers.relay_heartbeat`), which
 ``/readyz``, ``/v1/stats`` and ``conveyor check`` report.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import timedelta
 
 import redis
 from sqlalchemy.exc import SQLAlchemyError
@@ -24,6 +26,11 @@ logger = logging.getLogger(__name__)
 
 RELAY_TASK = "conveyor.relay_outbox"
 RELAY_INTERVAL_SECONDS = 1.0
+#: A published job still waiting this long is checked for in Redis; if its message is gone
+#: (Redis restarted without persistence, failed over, was flushed), it is published again.
+LOST_AFTER = timedelta(seconds=30)
+# the check reads every message Redis holds: one run in ten (about every 10 s) makes it
+_RUNS_PER_LOST_CHECK = 10
 # rounds of up to 1,000 jobs per run, so a backlog drains without one run holding on
 _ROUNDS = 20
 _BATCH = 1000
@@ -45,6 +52,15 @@ def relay_outbox(runtime: WorkerRuntime) -> int:
     if published:
         logger.info("outbox relay published %d jobs", published)
     return published
+
+
+def republish_lost(runtime: WorkerRuntime) -> int:
+    """Publish again the waiting jobs whose messages Redis lost; a failure is logged."""
+    try:
+        return runtime.enqueuer.republish_lost(waiting_longer_than=LOST_AFTER)
+    except (redis.RedisError, SQLAlchemyError) as error:
+        logger.warning("lost-message check could not run", extra={"reason": str(error)})
+        return 0
 
 
 class RelayLoop:
@@ -70,8 +86,12 @@ class RelayLoop:
         self._stop.set()
 
     def _run(self) -> None:
+        runs = 0
         while not self._stop.wait(self._interval):
             relay_outbox(self._runtime)
+            runs += 1
+            if runs % _RUNS_PER_LOST_CHECK == 0:
+                republish_lost(self._runtime)
 
 
 def register_relay(app: ConveyorCelery) -> None:

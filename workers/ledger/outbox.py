@@ -167,6 +167,39 @@ def due_for_publishing(connection: Connection, now: datetime, limit: int) -> lis
 _PUBLISHABLE = frozenset({JobStatus.QUEUED.value, JobStatus.RETRYING.value})
 
 
+_STALLED = (
+    select(
+        JOBS.c.id,
+        JOBS.c.task,
+        JOBS.c.queue,
+        JOBS.c.args,
+        JOBS.c.priority,
+        JOBS.c.retry_generation,
+        JOBS.c.status,
+    )
+    .where(
+        JOBS.c.status.in_([JobStatus.QUEUED.value, JobStatus.RETRYING.value]),
+        JOBS.c.publish_after.is_(None),
+        JOBS.c.updated_at < bindparam("b_before"),
+    )
+    .order_by(JOBS.c.updated_at)
+    .limit(bindparam("b_limit"))
+)
+
+
+def published_but_waiting(
+    connection: Connection, before: datetime, limit: int
+) -> list[dict[str, Any]]:
+    """Jobs published (out of the outbox) yet still waiting to start since before ``before``,
+    oldest first, locked for this transaction (rows another reconciler holds are skipped).
+
+    Their messages should be in Redis; the caller checks, and publishes the ones it lost.
+    """
+    query = _STALLED.with_for_update(skip_locked=True)
+    rows = connection.execute(query, {"b_before": before, "b_limit": limit}).mappings()
+    return [dict(row) for row in rows]
+
+
 def is_publishable(row: Mapping[str, Any]) -> bool:
     """Whether an outbox row should be published, rather than just dropped from the outbox.
 
