@@ -13,7 +13,6 @@ from sqlalchemy.pool import NullPool
 
 from conveyor.cli.context import command_settings
 from tasks.catalog import build_catalog
-from workers.celery_app import check_visibility_timeout
 from workers.ledger.database_url import is_sqlite, missing_sqlite_file
 from workers.relay_heartbeat import describe_relay, relay_age
 from workers.settings import SettingsError
@@ -53,6 +52,8 @@ def check_database(url: str, timeout: float = 3.0) -> str | None:
 
 def check() -> None:
     """Validate the settings and reach Redis and the database; exit 1 with the reason."""
+    from workers.celery_app import check_visibility_timeout  # noqa: PLC0415 - loaded by this command only: every command starts faster
+
     settings = command_settings()
     try:
         check_visibility_timeout(settings, build_catalog(diagnostics=bool(settings.diagnostics)))

@@ -11,8 +11,6 @@ import typer
 from rich.console import Console
 
 from conveyor.cli.context import command_settings
-from conveyor.demo.runner import DemoOptions, run_demo
-from conveyor.devstack.stack import StackLayout, StackStartError, run_dev_stack
 
 
 def dev(
@@ -27,6 +25,8 @@ def dev(
     logs are interleaved under a prefix per process. Ctrl-C stops everything with a warm
     shutdown: running jobs finish, queued ones stay queued.
     """
+    from conveyor.devstack.stack import StackLayout, StackStartError, run_dev_stack  # noqa: PLC0415 - loaded by this command only: every command starts faster
+
     settings = command_settings()
     if settings.env == "prod":
         typer.echo("conveyor dev: refused with CONVEYOR_ENV=prod", err=True)
@@ -85,6 +85,8 @@ def demo(
     and dead letters show), image pipelines (fetch, then digest and thumbnails in the
     prefork pool) and deliberate failures. Exit 0 when every job ended as planned.
     """
+    from conveyor.demo.runner import DemoOptions, run_demo  # noqa: PLC0415 - loaded by this command only: every command starts faster
+
     settings = command_settings()
     if settings.env == "prod":
         typer.echo("conveyor demo: refused with CONVEYOR_ENV=prod", err=True)

@@ -13,14 +13,10 @@ import tempfile
 from typing import Annotated, cast
 
 import typer
-import uvicorn
-from alembic.util.exc import CommandError
 from sqlalchemy.exc import SQLAlchemyError
 
-from api_shim.request_deadlines import RequestDeadlineProtocol
 from conveyor.cli.context import ExitCode, command_settings, database_failure, refuse
 from tasks.catalog import POOL_OF_KIND, Kind
-from workers.ledger.schema import upgrade
 from workers.settings import Settings
 
 _METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -87,6 +83,10 @@ def api(
     workers: Annotated[int, typer.Option(min=1, max=64, help="uvicorn worker processes")] = 1,
 ) -> None:
     """Serve the HTTP API (uvicorn)."""
+    import uvicorn  # noqa: PLC0415 - loaded by this command only: every command starts faster
+
+    from api_shim.request_deadlines import RequestDeadlineProtocol  # noqa: PLC0415 - loaded by this command only: every command starts faster
+
     settings = command_settings()
     if workers > 1 and not os.environ.get(_METRICS_DIR):
         # each worker process counts in files here, so one scrape adds every process up
@@ -110,6 +110,10 @@ def migrate(
     revision: Annotated[str, typer.Option(help="target revision")] = "head",
 ) -> None:
     """Upgrade the ledger database to the newest schema (Alembic)."""
+    from alembic.util.exc import CommandError  # noqa: PLC0415 - loaded by this command only: every command starts faster
+
+    from workers.ledger.schema import upgrade  # noqa: PLC0415 - loaded by this command only: every command starts faster
+
     settings = command_settings()
     try:
         upgrade(settings.database_url, revision)
