@@ -14,7 +14,13 @@ from tasks.catalog import KINDS, Catalog, build_catalog
 from workers.hub_monitor import HubBlock, HubBlockMonitor
 from workers.message_judge import MessageJudge
 from workers.pool_fitness import record_hub_block
-from workers.relay import RELAY_TASK, RelayLoop, register_relay
+from workers.relay import (
+    RELAY_INTERVAL_SECONDS,
+    RELAY_TASK,
+    RelayLoop,
+    register_relay,
+    relay_outbox,
+)
 from workers.runtime import ConveyorCelery, WorkerRuntime, pool_name_of
 from workers.settings import Settings, SettingsError
 from workers.structured_logging import configure_logging, log_context
@@ -176,12 +182,16 @@ def _connect_worker_signals(app: ConveyorCelery) -> None:
 
     relays: list[RelayLoop] = []
 
-    def on_worker_ready(**_: Any) -> None:
-        # the io workers relay the outbox; a prefork main process starts no thread of its
-        # own, since a fork taken while it held a lock would leave the child stuck
+    def on_worker_ready(sender: Any = None, **_: Any) -> None:
+        # every worker relays the outbox: an io worker in a greenlet of its own; a prefork
+        # main process on its event loop's timer, since a thread there could hold a lock
+        # while a child is forked and leave the child stuck
         if runtime.pool == "gevent" and not relays:
             relays.append(RelayLoop(runtime))
             relays[0].start()
+        elif runtime.pool == "prefork" and getattr(sender, "timer", None) is not None:
+            sender.timer.call_repeatedly(RELAY_INTERVAL_SECONDS, relay_outbox, (runtime,))
+            logger.info("outbox relay running every %g s", RELAY_INTERVAL_SECONDS)
 
     def on_worker_stop(**_: Any) -> None:
         for relay in relays:

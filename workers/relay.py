@@ -3,8 +3,9 @@
 It picks up jobs whose delay is over, jobs recorded while Redis was down, and jobs whose
 producer died between commit and publish; and, every ten runs, jobs the ledger says were
 published and still wait whose messages Redis no longer has. Every io (gevent) worker runs
-it once a second in a greenlet of its own (:class:`RelayLoop`), so no single process has to
-be up for it; any number of relays cooperate, each taking only rows no other has locked
+it once a second in a greenlet of its own (:class:`RelayLoop`), and every cpu (prefork)
+worker on its event loop's timer, without the lost-message check; so no single process has
+to be up for it. Any number of relays cooperate, each taking only rows no other has locked
 (``SKIP LOCKED``). ``conveyor beat`` may still send it as a task every second: harmless beside the
 workers' loops. Each run leaves its time in Redis (:mod:`workers.relay_heartbeat`), which
 ``/readyz``, ``/v1/stats`` and ``conveyor check`` report.

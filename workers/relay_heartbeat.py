@@ -1,7 +1,7 @@
 """When the outbox relay last ran, kept in Redis by every relay and read by the API and CLI.
 
 A relay that has not run for a while means delayed jobs and jobs recorded while Redis was
-down wait: no io worker runs (and no ``conveyor beat``), or none reaches the ledger.
+down wait: no worker runs (and no ``conveyor beat``), or none reaches the ledger.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def age_of(raw: bytes | str | None, now: float | None = None) -> float | None:
 def describe_relay(age: float | None) -> str:
     """``ok``, or how long the relay has not run (one phrase, for probes and the CLI)."""
     if age is None:
-        return "never ran (no io worker or beat has run against this Redis)"
+        return "never ran (no worker or beat has run against this Redis)"
     if age > RELAY_STALE_SECONDS:
-        return f"not run for {age:.0f} s (no io worker or beat is running?)"
+        return f"not run for {age:.0f} s (no worker or beat is running?)"
     return "ok"
