@@ -72,6 +72,11 @@ def describe_error(error: BaseException, error_id: str) -> ErrorInfo:
     return ErrorInfo(type(error).__name__, message[:_MESSAGE_LIMIT], error_id)
 
 
+def _own_time_limits(timelimit: Any) -> bool:
+    """Whether a message set time limits of its own (Celery's ``timelimit`` header)."""
+    return isinstance(timelimit, list | tuple) and any(limit is not None for limit in timelimit)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -206,8 +211,14 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
             )
             # a retry due within a second goes out at once as a countdown message; a later
             # one waits in the ledger's outbox and the relay publishes it when it is due, so
-            # no worker holds it and no visibility timeout bounds it
-            in_outbox = delay >= LEDGER_SCHEDULED_RETRY_SECONDS
+            # no worker holds it and no visibility timeout bounds it. A message with time
+            # limits of its own (a plain Celery client's options) keeps them only in a
+            # countdown message: the ledger does not record them.
+            in_outbox = delay >= LEDGER_SCHEDULED_RETRY_SECONDS and not _own_time_limits(
+                self.request.timelimit
+            )
+            if not in_outbox:
+                delay = self._bounded_delay(runtime, delay)
 
             def record_retry(connection: Connection) -> int | None:
                 return ledger.record_retry(
