@@ -133,17 +133,18 @@ def schedule_publish_now(connection: Connection, job_ids: Sequence[str], now: da
         )
 
 
+# what publishing a recorded job needs of its row
+_TO_PUBLISH = select(
+    JOBS.c.id,
+    JOBS.c.task,
+    JOBS.c.queue,
+    JOBS.c.args,
+    JOBS.c.priority,
+    JOBS.c.retry_generation,
+    JOBS.c.status,
+)
 _DUE = (
-    select(
-        JOBS.c.id,
-        JOBS.c.task,
-        JOBS.c.queue,
-        JOBS.c.args,
-        JOBS.c.priority,
-        JOBS.c.retry_generation,
-        JOBS.c.status,
-    )
-    .where(
+    _TO_PUBLISH.where(
         JOBS.c.publish_after.is_not(None),
         JOBS.c.publish_after <= bindparam("b_now"),
     )
@@ -168,16 +169,7 @@ _PUBLISHABLE = frozenset({JobStatus.QUEUED.value, JobStatus.RETRYING.value})
 
 
 _STALLED = (
-    select(
-        JOBS.c.id,
-        JOBS.c.task,
-        JOBS.c.queue,
-        JOBS.c.args,
-        JOBS.c.priority,
-        JOBS.c.retry_generation,
-        JOBS.c.status,
-    )
-    .where(
+    _TO_PUBLISH.where(
         JOBS.c.status.in_([JobStatus.QUEUED.value, JobStatus.RETRYING.value]),
         JOBS.c.publish_after.is_(None),
         JOBS.c.updated_at < bindparam("b_before"),
