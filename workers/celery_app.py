@@ -193,6 +193,12 @@ def _connect_worker_signals(app: ConveyorCelery) -> None:
             sender.timer.call_repeatedly(RELAY_INTERVAL_SECONDS, relay_outbox, (runtime,))
             logger.info("outbox relay running every %g s", RELAY_INTERVAL_SECONDS)
 
+    def on_beat_init(sender: Any = None, **_: Any) -> None:
+        # beat relays in a thread of its own process; it sends no relay messages
+        if getattr(sender, "app", None) is app and not relays:
+            relays.append(RelayLoop(runtime))
+            relays[0].start()
+
     def on_worker_stop(**_: Any) -> None:
         for relay in relays:
             relay.stop()
@@ -209,4 +215,5 @@ def _connect_worker_signals(app: ConveyorCelery) -> None:
     signals.worker_process_init.connect(on_process_init, weak=False)
     signals.worker_process_shutdown.connect(on_process_shutdown, weak=False)
     signals.worker_ready.connect(on_worker_ready, weak=False)
+    signals.beat_init.connect(on_beat_init, weak=False)
     signals.worker_shutdown.connect(on_worker_stop, weak=False)

@@ -6,7 +6,8 @@ published and still wait whose messages Redis no longer has. Every io (gevent) w
 it once a second in a greenlet of its own (:class:`RelayLoop`), and every cpu (prefork)
 worker on its event loop's timer, without the lost-message check; so no single process has
 to be up for it. Any number of relays cooperate, each taking only rows no other has locked
-(``SKIP LOCKED``). ``conveyor beat`` may still send it as a task every second: harmless beside the
+(``SKIP LOCKED``). ``conveyor beat`` runs the same loop in its own process (no task message:
+a message per second would crowd Flower and take a worker's slot); harmless beside the
 workers' loops. Each run leaves its time in Redis (:mod:`workers.relay_heartbeat`), which
 ``/readyz``, ``/v1/stats`` and ``conveyor check`` report.
 """
@@ -96,17 +97,14 @@ class RelayLoop:
 
 
 def register_relay(app: ConveyorCelery) -> None:
-    """Declare the relay task on ``app`` and schedule it every second with beat."""
+    """Declare the relay task on ``app``; beat does not schedule it.
+
+    Workers and beat relay in a loop of their own. The task stays declared so that a relay
+    message sent by an older beat still runs once instead of being refused.
+    """
 
     @app.task(name=RELAY_TASK, ignore_result=True, acks_late=False, shared=False)
     def relay_outbox_task() -> int:
         return relay_outbox(runtime_of(app))
 
-    app.conf.beat_schedule = {
-        "relay-outbox": {
-            "task": RELAY_TASK,
-            "schedule": RELAY_INTERVAL_SECONDS,
-            # a relay message older than this is pointless: a newer one is behind it
-            "options": {"queue": "io", "expires": 30},
-        }
-    }
+    app.conf.beat_schedule = {}

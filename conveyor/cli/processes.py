@@ -57,7 +57,7 @@ def worker(
 
 
 def beat(ctx: typer.Context) -> None:
-    """Run Celery beat: it schedules the outbox relay every second (optional: workers relay).
+    """Run Celery beat: it relays the outbox every second itself (optional: workers relay).
 
     Further options go to `celery beat` as they are.
     """

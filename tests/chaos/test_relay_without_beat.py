@@ -1,17 +1,21 @@
 """No beat, no singleton: the io workers relay the outbox themselves, and two of them never
-publish a job twice."""
+publish a job twice; beat, when it runs, relays in its own process."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.support.api_server import API_KEYS, running_api
+import redis
+
+from tests.support.api_server import API_KEYS, running_api, running_beat
 from tests.support.ledger_reads import JobView, LedgerReader
 from tests.support.polling import wait_for
 from tests.support.workers import start_worker
+from workers.broker import queue_keys
 
 DELAY = 3.0
 
@@ -85,3 +89,31 @@ def test_without_beat_delayed_jobs_run_and_two_relays_publish_each_job_once(
     ))  # fmt: skip
     duplicates = {job_id for job_id in ids if received.count(job_id) != 1}
     assert not duplicates, f"{len(duplicates)} jobs delivered more than once"
+
+
+def test_beat_relays_in_its_own_process_and_sends_no_relay_messages(
+    chaos_env: dict[str, str], chaos_redis: str, tmp_path: Path
+) -> None:
+    env = {**chaos_env, "CONVEYOR_API_KEYS": API_KEYS, "CONVEYOR_RATE_LIMIT": "off"}
+    broker = redis.Redis.from_url(chaos_redis)
+
+    def io_messages() -> list[bytes]:
+        return [raw for key in queue_keys("io") for raw in broker.lrange(key, 0, -1)]
+
+    with running_api(env, tmp_path / "api.log") as api, api.client() as client:
+        job = client.post(
+            "/v1/jobs",
+            json={"task": "diagnostics.echo", "args": {"value": 1}, "delay_seconds": 1},
+        ).json()
+        assert not io_messages()  # no worker and no beat yet: it waits in the ledger
+        with running_beat(env, tmp_path / "beat.log"):
+            wait_for(io_messages, timeout=60, what="beat to relay the job")
+            # several relay runs later, the queue holds the job and nothing else
+            wait_for(
+                lambda: client.get("/readyz").json()["checks"].get("relay") == "ok",
+                timeout=30,
+                what="beat's relay runs to be reported",
+            )
+    messages = [json.loads(raw) for raw in io_messages()]
+    broker.close()
+    assert [message["headers"]["id"] for message in messages] == [job["id"]]
