@@ -27,7 +27,14 @@ from tasks.errors import InvalidArgumentsError, PoisonJobError
 from tasks.retry_policy import DEPENDENCY, POISON_AFTER_LOST_ATTEMPTS, UNEXPECTED, policy_for
 from workers.blob_store import BlobStore
 from workers.ledger import attempts as ledger
-from workers.ledger.attempts import AttemptStart, Delivery, ErrorInfo, Runner, Verdict
+from workers.ledger.attempts import (
+    AttemptStart,
+    Delivery,
+    ErrorInfo,
+    OpenAttempt,
+    Runner,
+    Verdict,
+)
 from workers.ledger.models import JobStatus
 from workers.pool_fitness import record_pool_mismatch
 from workers.process_resources import ProcessResources
@@ -81,6 +88,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def poison_error() -> ErrorInfo:
+    """The error of a job failed as poison, with a new error id."""
+    return ErrorInfo(
+        PoisonJobError.__name__,
+        f"the worker died during {POISON_AFTER_LOST_ATTEMPTS} attempts; not run again",
+        new_error_id(),
+    )
+
+
 class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic only in the stubs
     """Base class of every catalog task."""
 
@@ -105,8 +121,12 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
             except LEDGER_UNAVAILABLE as error:
                 raise self._defer_while_ledger_is_down(runtime, error) from error
             runtime.running_tasks.mark(self.name, job_id)
-            with log_context(request_id=start.request_id, attempt=start.attempt):
-                return self._run_attempt(runtime, job_id, start, args, kwargs)
+            runtime.jobs_in_progress.add(job_id)
+            try:
+                with log_context(request_id=start.request_id, attempt=start.attempt):
+                    return self._run_attempt(runtime, job_id, start, args, kwargs)
+            finally:
+                runtime.jobs_in_progress.discard(job_id)
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """Validate the arguments and call the implementation (outside the ledger)."""
@@ -126,12 +146,7 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
     def _begin(
         self, runtime: WorkerRuntime, job_id: str, kwargs: dict[str, Any], generation: int
     ) -> AttemptStart:
-        poison_id = new_error_id()
-        poison = ErrorInfo(
-            PoisonJobError.__name__,
-            f"the worker died during {POISON_AFTER_LOST_ATTEMPTS} attempts; not run again",
-            poison_id,
-        )
+        poison = poison_error()
         delivery = Delivery(
             job_id=job_id,
             task=self.name,
@@ -161,6 +176,7 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
                 poison_after=POISON_AFTER_LOST_ATTEMPTS,
                 poison_error=poison,
                 now=_now(),
+                still_running=_liveness(runtime, job_id),
             )
         if start.verdict is Verdict.DROP:
             logger.info("message dropped: %s", start.reason, extra={"reason": start.reason})
@@ -169,7 +185,7 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
             logger.error(
                 "job failed as poison after %d lost attempts",
                 POISON_AFTER_LOST_ATTEMPTS,
-                extra={"error_id": poison_id},
+                extra={"error_id": poison.error_id},
             )
             raise PoisonJobError(poison.message)
         self._warn_on_pool_mismatch(runtime)
@@ -193,7 +209,7 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
                 connection, job_id, start.attempt, result=result, now=_now()
             )
 
-        status = self._write_outcome(runtime, record)
+        status = self._write_outcome(runtime, start.attempt, record)
         logger.info("attempt succeeded", extra={"status": status.value})
         return result
 
@@ -231,7 +247,7 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
                     in_outbox=in_outbox,
                 )
 
-            generation = self._write_outcome(runtime, record_retry)
+            generation = self._write_outcome(runtime, start.attempt, record_retry)
             if generation is None:
                 logger.info("attempt failed but the job was cancelled; not retried")
                 raise Ignore from error
@@ -251,7 +267,7 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
         def record_failure(connection: Connection) -> JobStatus:
             return ledger.record_failure(connection, job_id, start.attempt, error=info, now=_now())
 
-        self._write_outcome(runtime, record_failure)
+        self._write_outcome(runtime, start.attempt, record_failure)
         logger.error(
             "job failed (%s: %s) after %d attempts",
             info.type,
@@ -281,13 +297,14 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
         return self.retry(exc=error, countdown=delay, throw=False)
 
     def _write_outcome(
-        self, runtime: WorkerRuntime, write: Callable[[Connection], Outcome]
+        self, runtime: WorkerRuntime, attempt: int, write: Callable[[Connection], Outcome]
     ) -> Outcome:
         """Record how an attempt ended, riding out a short ledger outage.
 
-        If the ledger stays down, the message is requeued: the attempt is still open in the
-        ledger, so the next delivery records it as lost and runs the job again (at least once,
-        never lost).
+        If the ledger stays down, the attempt is abandoned and the message requeued: the
+        attempt is still open in the ledger; a delivery in this process records it as lost and
+        runs the job again, and this process's lease keeper puts the job back once the
+        ledger answers (at least once, never lost).
         """
         for pause in _LEDGER_WRITE_PAUSES:
             try:
@@ -306,6 +323,8 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
                 "ledger unavailable; message requeued, the job will run again",
                 extra={"error_id": new_error_id()},
             )
+            if runtime.lease_keeper is not None:
+                runtime.lease_keeper.abandon(str(self.request.id), attempt)
             raise Reject(error, requeue=True) from error
 
     def _bounded_delay(self, runtime: WorkerRuntime, delay: float) -> float:
@@ -328,6 +347,7 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
             worker=str(self.request.hostname or runtime.hostname),
             pool=runtime.pool,
             pid=os.getpid(),
+            lease=runtime.lease_id,
         )
 
     def _context(self, attempt: int) -> JobContext:
@@ -359,6 +379,20 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
                 record_pool_mismatch(runtime.redis_client, self.name, runtime.pool)
             except redis.RedisError as error:
                 logger.warning("pool-fitness counter not recorded: %s", error)
+
+
+def _liveness(runtime: WorkerRuntime, job_id: str) -> ledger.LivenessCheck:
+    """Whether the open attempt of ``job_id`` still runs: in this process, only if this
+    process is running it now; elsewhere, while the lease it runs under is renewed."""
+
+    def still_running(attempt: OpenAttempt) -> bool:
+        if attempt.lease is None:
+            return False
+        if attempt.lease == runtime.lease_id:
+            return job_id in runtime.jobs_in_progress
+        return attempt.lease_expires_at is not None and attempt.lease_expires_at > _now()
+
+    return still_running
 
 
 def _explain(error: ValidationError) -> str:

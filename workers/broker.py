@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ _KOMBU_STEPS = (0, 3, 6, 9)
 _KOMBU_SEPARATOR = "\x06\x16"
 #: kombu's hash of messages delivered to a consumer and not yet acknowledged.
 UNACKED_KEY = "unacked"
+#: kombu's sorted set of those messages' delivery tags, scored by the time of delivery.
+UNACKED_INDEX_KEY = "unacked_index"
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _REPR_LIMIT = 1024
 
@@ -128,10 +131,13 @@ class Publisher:
                 pipe.lpush(key, self._encoder.encode(dispatch))
             pipe.execute()
 
-    def ids_held(self, *, at_most: int) -> set[str] | None:
+    def ids_held(self, *, at_most: int, delivered_within: float | None = None) -> set[str] | None:
         """The job ids of every message Redis holds: waiting in a queue, or delivered to a
         worker and not yet acknowledged (kombu's ``unacked`` hash).
 
+        With ``delivered_within``, a delivered message counts only if it was delivered that
+        many seconds ago or less: one held longer by a worker that died stays in ``unacked``
+        until the visibility timeout, and should not hide that its job never started.
         ``None`` when there are more than ``at_most`` messages: too many to read in one go.
         """
         keys = [key for _queue, key in depth_keys()]
@@ -145,10 +151,17 @@ class Publisher:
         with self._client.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.lrange(key, 0, -1)
-            pipe.hvals(UNACKED_KEY)
-            *waiting, delivered = pipe.execute()
+            pipe.hgetall(UNACKED_KEY)
+            if delivered_within is not None:
+                since = time.time() - delivered_within
+                pipe.zrangebyscore(UNACKED_INDEX_KEY, since, "+inf")
+            answers = pipe.execute()
+        waiting, delivered = answers[: len(keys)], answers[len(keys)]
+        if delivered_within is not None:
+            fresh = set(answers[len(keys) + 1])
+            delivered = {tag: raw for tag, raw in delivered.items() if tag in fresh}
         found = [_message_id(raw) for entries in waiting for raw in entries]
-        found += [_message_id(raw, delivered=True) for raw in delivered]
+        found += [_message_id(raw, delivered=True) for raw in delivered.values()]
         return {task_id for task_id in found if task_id is not None}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 import redis
@@ -10,14 +11,19 @@ from celery import signals
 from celery.concurrency import get_implementation
 from kombu import Exchange, Queue
 
+from tasks.base import poison_error
 from tasks.catalog import KINDS, Catalog, build_catalog
+from tasks.errors import PoisonJobError
+from tasks.retry_policy import POISON_AFTER_LOST_ATTEMPTS
 from workers.hub_monitor import HubBlock, HubBlockMonitor
+from workers.leases import ChildLeaseWatch, Reconciler
 from workers.message_judge import MessageJudge
 from workers.pool_fitness import record_hub_block
 from workers.relay import (
     RELAY_INTERVAL_SECONDS,
     RELAY_TASK,
     RelayLoop,
+    reconcile,
     register_relay,
     relay_outbox,
 )
@@ -128,11 +134,26 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> ConveyorCe
         worker_consumer="workers.message_guard:JudgingConsumer",
         broker_transport="workers.message_guard:GuardedTransport",
     )
-    app.runtime = WorkerRuntime(settings)
+    runtime = app.runtime = WorkerRuntime(settings)
+    runtime.reconciler = Reconciler(
+        lambda: runtime.engine,
+        timedelta(seconds=settings.worker_lease_seconds),
+        poison_after=POISON_AFTER_LOST_ATTEMPTS,
+        poison_error=lambda: poison_error().as_json(),
+        on_poisoned=lambda job_id, error: _mirror_failure(app, job_id, error),
+    )
     app.message_judge = MessageJudge(frozenset(catalog), internal_tasks=frozenset({RELAY_TASK}))
     register_relay(app)
     _connect_worker_signals(app)
     return app
+
+
+def _mirror_failure(app: ConveyorCelery, job_id: str, error: dict[str, Any]) -> None:
+    """Celery's state of a job the reconciler failed: FAILURE, as the ledger says."""
+    try:
+        app.backend.mark_as_failure(job_id, PoisonJobError(str(error.get("message", ""))))
+    except redis.RedisError as failure:
+        logger.warning("Celery state of a poisoned job not set: %s", failure)
 
 
 def watch_event_loop(runtime: WorkerRuntime) -> None:
@@ -169,9 +190,11 @@ def _connect_worker_signals(app: ConveyorCelery) -> None:
         if getattr(sender, "app", None) is not app:
             return
         pool = pool_name_of(get_implementation(sender.pool_cls))
-        runtime.adopt_worker(pool, int(sender.concurrency or 1))
+        runtime.adopt_worker(pool, int(sender.concurrency or 1), str(sender.hostname))
         if pool == "gevent":
             watch_event_loop(runtime)
+        if pool != "prefork":  # this process runs the attempts: it holds a lease
+            runtime.hold_lease()
         swept = runtime.blobs.sweep_temporary(older_than=TEMPORARY_BLOB_LIFETIME)
         if swept:
             logger.info("removed %d abandoned temporary blob files", swept)
@@ -190,7 +213,14 @@ def _connect_worker_signals(app: ConveyorCelery) -> None:
             relays.append(RelayLoop(runtime))
             relays[0].start()
         elif runtime.pool == "prefork" and getattr(sender, "timer", None) is not None:
-            sender.timer.call_repeatedly(RELAY_INTERVAL_SECONDS, relay_outbox, (runtime,))
+            children = ChildLeaseWatch(lambda: runtime.engine, runtime.instance)
+
+            def housekeeping() -> None:
+                children.check(list(sender.pool.info.get("processes", [])))
+                relay_outbox(runtime)
+                reconcile(runtime)
+
+            sender.timer.call_repeatedly(RELAY_INTERVAL_SECONDS, housekeeping)
             logger.info("outbox relay running every %g s", RELAY_INTERVAL_SECONDS)
 
     def on_beat_init(sender: Any = None, **_: Any) -> None:
@@ -206,6 +236,7 @@ def _connect_worker_signals(app: ConveyorCelery) -> None:
 
     def on_process_init(**_: Any) -> None:
         runtime.reset_after_fork()
+        runtime.hold_lease()  # a prefork child runs attempts: it holds a lease of its own
 
     def on_process_shutdown(**_: Any) -> None:
         runtime.close()

@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 # a reconciler reads every message Redis holds to find lost ones, up to this many
 _MESSAGES_READ_AT_MOST = 200_000
 _SECOND_LOOK_SECONDS = 1.0
+# a countdown message due this long ago has surely started if its worker is alive
+_COUNTDOWN_SLACK = timedelta(seconds=30)
 
 
 def _utcnow() -> datetime:
@@ -234,30 +236,43 @@ class Enqueuer:
             outbox.mark_published(connection, [row["id"] for row in rows], now)
         return len(dispatches)
 
-    def republish_lost(self, *, waiting_longer_than: timedelta, at_most: int = 1000) -> int:
+    def republish_lost(
+        self,
+        *,
+        waiting_longer_than: timedelta,
+        held_longer_than: timedelta | None = None,
+        at_most: int = 1000,
+    ) -> int:
         """Publish again the jobs the ledger says are waiting whose messages Redis lost.
 
         A job published ``waiting_longer_than`` ago or more, still ``queued`` (or
         ``retrying``, its retry sent as a countdown), whose message is neither in a queue
         nor delivered to a worker, went missing in Redis (a restart without persistence, a
-        failover to a lagging replica, a flush): it is published again. How many were.
-        When Redis holds more messages than can be read in one go, nothing is decided.
+        failover to a lagging replica, a flush): it is published again. With
+        ``held_longer_than``, a message delivered that long ago whose job has still not
+        started (nor waits for a countdown) counts as missing too: the worker holding it
+        died, and Redis would hand it out only after the visibility timeout. A duplicate
+        this makes is dropped at delivery. How many were published. When Redis holds more
+        messages than can be read in one go, nothing is decided.
         """
         now = self._clock()
+        within = None if held_longer_than is None else held_longer_than.total_seconds()
         with self._engine.begin() as connection:
             rows = outbox.published_but_waiting(connection, now - waiting_longer_than, at_most)
             if not rows:
                 return 0
-            held = self._publisher.ids_held(at_most=_MESSAGES_READ_AT_MOST)
+            held = self._publisher.ids_held(at_most=_MESSAGES_READ_AT_MOST, delivered_within=within)
             if held is None:
                 logger.warning("too many messages in Redis to check for lost ones; skipped")
                 return 0
-            lost = [row for row in rows if row["id"] not in held]
+            lost = [row for row in rows if row["id"] not in held and not _countdown(row, now)]
             if lost:
                 # a message a worker has just popped is in neither place for an instant; a
                 # second look, once that instant is surely over, finds it delivered
                 time.sleep(_SECOND_LOOK_SECONDS)
-                again = self._publisher.ids_held(at_most=_MESSAGES_READ_AT_MOST)
+                again = self._publisher.ids_held(
+                    at_most=_MESSAGES_READ_AT_MOST, delivered_within=within
+                )
                 lost = [] if again is None else [row for row in lost if row["id"] not in again]
             dispatches = [_dispatch_of(row) for row in lost]
             # published while the rows are locked, so no other reconciler publishes them too
@@ -305,6 +320,12 @@ class Enqueuer:
             jobs.append(earlier)
             replayed.append(True)
         return Accepted(jobs, replayed)
+
+
+def _countdown(row: Mapping[str, Any], now: datetime) -> bool:
+    """Whether a waiting job's message is a countdown not yet due (a worker holds it)."""
+    due = row.get("next_retry_at")
+    return due is not None and due > now - _COUNTDOWN_SLACK
 
 
 def _dispatch_of(row: Mapping[str, Any]) -> Dispatch:

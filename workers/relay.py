@@ -1,5 +1,7 @@
 """The outbox relay: publishes jobs the producer could not, and delayed jobs once due.
 
+The same loop runs the reconciler, which puts back the jobs of dead worker processes.
+
 It picks up jobs whose delay is over, jobs recorded while Redis was down, and jobs whose
 producer died between commit and publish; and, every ten runs, jobs the ledger says were
 published and still wait whose messages Redis no longer has. Every io (gevent) worker runs
@@ -59,14 +61,23 @@ def relay_outbox(runtime: WorkerRuntime) -> int:
 def republish_lost(runtime: WorkerRuntime) -> int:
     """Publish again the waiting jobs whose messages Redis lost; a failure is logged."""
     try:
-        return runtime.enqueuer.republish_lost(waiting_longer_than=LOST_AFTER)
+        return runtime.enqueuer.republish_lost(
+            waiting_longer_than=LOST_AFTER,
+            held_longer_than=timedelta(seconds=runtime.settings.worker_lease_seconds),
+        )
     except (redis.RedisError, SQLAlchemyError) as error:
         logger.warning("lost-message check could not run", extra={"reason": str(error)})
         return 0
 
 
+def reconcile(runtime: WorkerRuntime) -> None:
+    """Put back the jobs of dead worker processes (:mod:`workers.leases`)."""
+    if runtime.reconciler is not None:
+        runtime.reconciler.run()
+
+
 class RelayLoop:
-    """Runs :func:`relay_outbox` every ``interval`` seconds until stopped.
+    """Runs :func:`relay_outbox` and :func:`reconcile` every ``interval`` seconds until stopped.
 
     In a gevent worker the thread is a greenlet (threading is patched), and the relay's
     database and Redis calls yield like any task's.
@@ -91,6 +102,7 @@ class RelayLoop:
         runs = 0
         while not self._stop.wait(self._interval):
             relay_outbox(self._runtime)
+            reconcile(self._runtime)
             runs += 1
             if runs % _RUNS_PER_LOST_CHECK == 0:
                 republish_lost(self._runtime)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+from datetime import timedelta
 
 import redis
 from celery import Celery
@@ -18,14 +19,16 @@ from workers.blob_store import BlobStore
 from workers.broker import Publisher
 from workers.enqueue import Enqueuer
 from workers.hub_monitor import RunningTasks
+from workers.leases import LeaseKeeper, Reconciler, new_instance_id, this_process_lease
 from workers.ledger.database import create_ledger_engine
 from workers.ledger.database_url import ensure_sqlite_directory
 from workers.message_judge import MessageJudge
 from workers.process_resources import ProcessResources
 from workers.settings import Settings
 
-# connections a prefork child needs: one task at a time, plus one the task may hold itself
-_PREFORK_POOL = 2
+# connections a prefork child needs: one task at a time, one the task may hold itself, and
+# one for its lease
+_PREFORK_POOL = 3
 
 
 def pool_name_of(pool_cls: object) -> str:
@@ -53,18 +56,39 @@ class WorkerRuntime:
         self.blobs = BlobStore(settings.storage_dir)
         self.resources = ProcessResources(settings)
         self.running_tasks = RunningTasks()
+        # this start of the worker: its processes' leases begin with it
+        self.instance = new_instance_id()
+        self.node = self.hostname
+        # jobs whose attempt this process is running now
+        self.jobs_in_progress: set[str] = set()
+        self.lease_keeper: LeaseKeeper | None = None
+        self.reconciler: Reconciler | None = None
         self._engine: Engine | None = None
         self._autocommit: Engine | None = None
         self._pid: int | None = None
         self._enqueuer: Enqueuer | None = None
         self._redis: redis.Redis | None = None
 
-    def adopt_worker(self, pool: str, concurrency: int) -> None:
-        """Record the pool and concurrency of the worker this process belongs to."""
+    def adopt_worker(self, pool: str, concurrency: int, node: str | None = None) -> None:
+        """Record the pool, concurrency and node name of the worker this process belongs to."""
         self.pool = pool
+        self.node = node or self.node
         self.concurrency = max(1, concurrency)
         if pool == "gevent":
             self.blobs = BlobStore(self.settings.storage_dir, sync=_fsync_on_a_thread)
+
+    def hold_lease(self) -> None:
+        """Take this process's lease in the ledger and keep renewing it (it runs attempts)."""
+        ttl = timedelta(seconds=self.settings.worker_lease_seconds)
+        lease = this_process_lease(self.instance, self.node, self.pool, ttl)
+        self.lease_keeper = LeaseKeeper(lambda: self.engine, lease)
+        self.lease_keeper.start()
+
+    @property
+    def lease_id(self) -> str | None:
+        """The lease this process's attempts run under, if it holds one."""
+        keeper = self.lease_keeper
+        return keeper.lease.id if keeper is not None and keeper.lease.pid == os.getpid() else None
 
     def database_pool_size(self) -> int:
         """Connections this process may hold: one per greenlet, up to the configured cap."""
@@ -129,7 +153,9 @@ class WorkerRuntime:
         return self._enqueuer, self._redis
 
     def reset_after_fork(self) -> None:
-        """Forget the parent's engine; the child creates its own on first use."""
+        """Forget the parent's engine and lease; the child creates its own on first use."""
+        self.lease_keeper = None
+        self.jobs_in_progress = set()
         if self._engine is not None:
             self._engine.dispose(close=False)
         self._engine = None
@@ -138,7 +164,10 @@ class WorkerRuntime:
         self._redis = None
 
     def close(self) -> None:
-        """Close this process's database and Redis connections and shared resources."""
+        """Release this process's lease; close its connections and shared resources."""
+        if self.lease_keeper is not None and self.lease_keeper.lease.pid == os.getpid():
+            self.lease_keeper.stop()
+        self.lease_keeper = None
         self.resources.close()
         if self._engine is not None and self._pid == os.getpid():
             self._engine.dispose()

@@ -99,6 +99,7 @@ class Settings(BaseSettings):
     cpu_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=512)
     flower_basic_auth: SecretStr | None = None
     visibility_timeout: int = Field(default=3600, ge=10)
+    worker_lease_seconds: int = Field(default=30, ge=3, le=3600)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     diagnostics: bool | None = None
     # extension: how long a task may hold a gevent worker's event loop before it is reported

@@ -22,7 +22,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 
-from workers.ledger.models import ATTEMPTS, JOBS, AttemptOutcome, JobStatus, UTCDateTime
+from workers.ledger.models import (
+    ATTEMPTS,
+    JOBS,
+    LEASES,
+    AttemptOutcome,
+    JobStatus,
+    UTCDateTime,
+)
 
 #: The error recorded on an attempt whose worker died.
 WORKER_LOST = "WorkerLostError"
@@ -73,6 +80,16 @@ CLOSE_LOST = ATTEMPTS.update().where(
     ATTEMPTS.c.job_id == bindparam("b_job_id"),
     ATTEMPTS.c.outcome == AttemptOutcome.RUNNING.value,
 )
+# the open attempt of a job, with the expiry of the lease it runs under (NULL: no lease row)
+OPEN_ATTEMPT = (
+    select(ATTEMPTS.c.lease, ATTEMPTS.c.pid, LEASES.c.expires_at)
+    .select_from(ATTEMPTS.outerjoin(LEASES, LEASES.c.id == ATTEMPTS.c.lease))
+    .where(
+        ATTEMPTS.c.job_id == bindparam("b_job_id"),
+        ATTEMPTS.c.number == bindparam("b_attempt"),
+        ATTEMPTS.c.outcome == AttemptOutcome.RUNNING.value,
+    )
+)
 COUNT_LOST = select(func.count()).where(
     ATTEMPTS.c.job_id == bindparam("b_job_id"),
     ATTEMPTS.c.outcome == AttemptOutcome.LOST.value,
@@ -88,14 +105,19 @@ FINISH_JOB = (
     .returning(JOBS.c.retry_generation, JOBS.c.status)
 )
 SCHEDULE_RETRY = FINISH_JOB.values(retry_generation=JOBS.c.retry_generation + 1)
+# fenced: an attempt already closed (lost, by the reconciler) keeps its outcome
 CLOSE_ATTEMPT = ATTEMPTS.update().where(
-    ATTEMPTS.c.job_id == bindparam("b_job_id"), ATTEMPTS.c.number == bindparam("b_attempt")
+    ATTEMPTS.c.job_id == bindparam("b_job_id"),
+    ATTEMPTS.c.number == bindparam("b_attempt"),
+    ATTEMPTS.c.outcome == AttemptOutcome.RUNNING.value,
 )
 STATUS = select(JOBS.c.status).where(JOBS.c.id == bindparam("b_job_id"))
 
 # --- PostgreSQL: each common transition in one statement ---------------------------------
 
-_ATTEMPT_COLUMNS = ["job_id", "number", "worker", "pool", "pid", "outcome", "started_at"]
+_ATTEMPT_COLUMNS = [
+    "job_id", "number", "worker", "pool", "pid", "lease", "outcome", "started_at",
+]  # fmt: skip
 
 
 def _opening(job_rows: Any, number: Any) -> Any:
@@ -110,6 +132,7 @@ def _opening(job_rows: Any, number: Any) -> Any:
                 bindparam("r_worker", type_=ATTEMPTS.c.worker.type),
                 bindparam("r_pool", type_=ATTEMPTS.c.pool.type),
                 bindparam("r_pid", type_=ATTEMPTS.c.pid.type),
+                bindparam("r_lease", type_=ATTEMPTS.c.lease.type),
                 literal(AttemptOutcome.RUNNING.value),
                 bindparam("b_now", type_=UTCDateTime()),
             ),
@@ -153,6 +176,7 @@ def _finish_in_one(
         .where(
             ATTEMPTS.c.job_id == bindparam("b_job_id"),
             ATTEMPTS.c.number == bindparam("b_attempt"),
+            ATTEMPTS.c.outcome == AttemptOutcome.RUNNING.value,
         )
         .values(
             outcome=case(

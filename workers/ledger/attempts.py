@@ -3,12 +3,14 @@
 A job is claimed (``queued``/``retrying`` → ``running``) with an attempt row, or the message
 is dropped (finished, stale, another task's) or the job failed as poison; an attempt then
 ends as ``succeeded``, ``retrying`` or ``failed``, recorded only while it is still the job's
-current attempt. Each function works in the caller's connection; the statements are in
-:mod:`workers.ledger.attempt_statements`.
+current attempt and still open (an attempt the reconciler closed as lost stays lost: the
+late outcome of a worker thought dead is fenced off). Each function works in the caller's
+connection; the statements are in :mod:`workers.ledger.attempt_statements`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -27,6 +29,8 @@ __all__ = [
     "AttemptStart",
     "Delivery",
     "ErrorInfo",
+    "LivenessCheck",
+    "OpenAttempt",
     "Runner",
     "Verdict",
     "begin_attempt",
@@ -39,11 +43,29 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Runner:
-    """Who runs an attempt: the worker node, its pool and the process."""
+    """Who runs an attempt: the worker node, its pool, the process and its lease."""
 
     worker: str
     pool: str
     pid: int
+    lease: str | None = None
+
+
+@dataclass(frozen=True)
+class OpenAttempt:
+    """A job's attempt still open when another message for the job arrives."""
+
+    lease: str | None
+    pid: int
+    lease_expires_at: datetime | None  # None: the lease row is gone (its process released it)
+
+
+#: Whether an open attempt still runs somewhere; if not, its worker died under it.
+LivenessCheck = Callable[[OpenAttempt], bool]
+
+
+def _never_alive(_: OpenAttempt) -> bool:
+    return False
 
 
 @dataclass(frozen=True)
@@ -156,13 +178,16 @@ def begin_attempt(
     poison_after: int,
     poison_error: ErrorInfo,
     now: datetime,
+    still_running: LivenessCheck = _never_alive,
 ) -> AttemptStart:
     """Record the start of an attempt, or say why the message must not run.
 
     ``generation`` is the number of retries the message carries: a message older than the
-    job's latest scheduled retry is a stale duplicate. A job still marked running lost its
-    worker during the previous attempt; that attempt is closed as lost, and the job is
-    failed as poison once ``poison_after`` attempts of this round were lost.
+    job's latest scheduled retry is a stale duplicate. A job still marked running is either
+    still running elsewhere (``still_running`` says so: the message is a duplicate and is
+    dropped) or lost its worker during the previous attempt; that attempt is then closed as
+    lost, and the job is failed as poison once ``poison_after`` attempts of this round were
+    lost.
     """
     claimed = connection.execute(
         statements.CLAIM,
@@ -192,6 +217,7 @@ def begin_attempt(
         poison_after=poison_after,
         poison_error=poison_error,
         now=now,
+        still_running=still_running,
     )
 
 
@@ -204,7 +230,12 @@ def try_begin_attempt(
     running, together with its attempt row. ``None`` means neither applied: the caller
     runs :func:`begin_attempt` in a transaction, which handles every other case.
     """
-    runner_values = {"r_worker": runner.worker, "r_pool": runner.pool, "r_pid": runner.pid}
+    runner_values = {
+        "r_worker": runner.worker,
+        "r_pool": runner.pool,
+        "r_pid": runner.pid,
+        "r_lease": runner.lease,
+    }
     claimed = connection.execute(
         statements.CLAIM_AND_OPEN,
         {
@@ -244,8 +275,10 @@ def _begin_unclaimable(
     poison_after: int,
     poison_error: ErrorInfo,
     now: datetime,
+    still_running: LivenessCheck,
 ) -> AttemptStart:
-    """The rare start: the job exists but is finished, stale, another task's, or orphaned."""
+    """The rare start: the job exists but is finished, stale, another task's, running
+    elsewhere, or orphaned."""
     state = _lock_state(connection, delivery.job_id)
     if state is None:
         raise LookupError(f"job {delivery.job_id} vanished while its message was delivered")
@@ -258,6 +291,11 @@ def _begin_unclaimable(
     if generation < state.retry_generation:
         return AttemptStart(Verdict.DROP, state.attempts, state.request_id, "stale delivery")
     if state.status == JobStatus.RUNNING.value:
+        running = _open_attempt(connection, delivery.job_id, state.attempts)
+        if running is not None and still_running(running):
+            return AttemptStart(
+                Verdict.DROP, state.attempts, state.request_id, "running on a live worker"
+            )
         lost = _close_lost_attempts(connection, delivery.job_id, state.attempt_base, now)
         if lost >= poison_after:
             connection.execute(
@@ -282,6 +320,13 @@ def _begin_unclaimable(
     )
 
 
+def _open_attempt(connection: Connection, job_id: str, number: int) -> OpenAttempt | None:
+    row = connection.execute(
+        statements.OPEN_ATTEMPT, {"b_job_id": job_id, "b_attempt": number}
+    ).one_or_none()
+    return None if row is None else OpenAttempt(row.lease, int(row.pid), row.expires_at)
+
+
 def _insert_attempt(
     connection: Connection, job_id: str, number: int, runner: Runner, now: datetime
 ) -> None:
@@ -293,6 +338,7 @@ def _insert_attempt(
             "worker": runner.worker,
             "pool": runner.pool,
             "pid": runner.pid,
+            "lease": runner.lease,
             "outcome": AttemptOutcome.RUNNING.value,
             "started_at": now,
         },

@@ -1,4 +1,4 @@
-"""SQLAlchemy models of the ledger: ``jobs`` and their ``job_attempts``."""
+"""SQLAlchemy models of the ledger: ``jobs``, their ``job_attempts`` and ``worker_leases``."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 #: names nothing, and PostgreSQL refuses NUL in text.
 PRINTABLE_ASCII = r"^[!-~]+$"  # "!" is 0x21, "~" 0x7e: no escapes, the same in every dialect
 JOB_ID_MAX_LENGTH = 64
+LEASE_ID_MAX_LENGTH = 64
 
 
 def is_job_id(text: str) -> bool:
@@ -172,6 +173,13 @@ class Attempt(Base):
     __table_args__ = (
         CheckConstraint(f"outcome IN ({_OUTCOMES})", name="outcome"),
         UniqueConstraint("job_id", "number", name="uq_job_attempts_job_number"),
+        # the reconciler's read: only open attempts are in this index
+        Index(
+            "ix_job_attempts_running_lease",
+            "lease",
+            postgresql_where=text("outcome = 'running'"),
+            sqlite_where=text("outcome = 'running'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -185,8 +193,28 @@ class Attempt(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     retry_delay_seconds: Mapped[float | None] = mapped_column(Float())
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
+    # the lease of the process running the attempt: when it expires, the attempt is lost
+    lease: Mapped[str | None] = mapped_column(String(LEASE_ID_MAX_LENGTH))
 
     job: Mapped[Job] = relationship(back_populates="history")
+
+
+class WorkerLease(Base):
+    """A process that runs attempts, alive while it renews ``expires_at``.
+
+    A process whose lease has expired, or whose row is gone, is dead: the reconciler closes
+    its open attempts as lost and puts their jobs back.
+    """
+
+    __tablename__ = "worker_leases"
+
+    id: Mapped[str] = mapped_column(String(LEASE_ID_MAX_LENGTH), primary_key=True)
+    worker: Mapped[str] = mapped_column(String(200))
+    pool: Mapped[str] = mapped_column(String(16))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    renewed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 # The Core tables behind the models. Hot paths run statements built once on these: building
@@ -194,3 +222,4 @@ class Attempt(Base):
 # job's bookkeeping on one core.
 JOBS = Base.metadata.tables[Job.__tablename__]
 ATTEMPTS = Base.metadata.tables[Attempt.__tablename__]
+LEASES = Base.metadata.tables[WorkerLease.__tablename__]

@@ -169,7 +169,8 @@ _PUBLISHABLE = frozenset({JobStatus.QUEUED.value, JobStatus.RETRYING.value})
 
 
 _STALLED = (
-    _TO_PUBLISH.where(
+    _TO_PUBLISH.add_columns(JOBS.c.next_retry_at)
+    .where(
         JOBS.c.status.in_([JobStatus.QUEUED.value, JobStatus.RETRYING.value]),
         JOBS.c.publish_after.is_(None),
         JOBS.c.updated_at < bindparam("b_before"),
