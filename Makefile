@@ -26,8 +26,8 @@ lint: $(STAMP) ## ruff, mypy --strict and the import contract between the layers
 	$(BIN)/mypy conveyor workers tasks api_shim
 	$(BIN)/lint-imports
 
-test: $(STAMP) ## the whole suite: unit, integration (real Redis/PostgreSQL/workers), chaos
-	$(BIN)/pytest -n $(PYTEST_WORKERS) tests/unit tests/integration tests/chaos
+test: $(STAMP) ## the whole suite: unit, integration (real Redis/PostgreSQL/workers), chaos but the longest fault scenarios
+	$(BIN)/pytest -n $(PYTEST_WORKERS) -m "not long_chaos" tests/unit tests/integration tests/chaos
 
 unit: $(STAMP) ## unit tests only (no services)
 	$(BIN)/pytest tests/unit
@@ -35,8 +35,8 @@ unit: $(STAMP) ## unit tests only (no services)
 integration: $(STAMP) ## integration tests against real Redis, PostgreSQL and worker processes
 	$(BIN)/pytest -n $(PYTEST_WORKERS) tests/integration
 
-chaos: $(STAMP) ## tests that kill and restart workers
-	$(BIN)/pytest tests/chaos
+chaos: $(STAMP) ## every fault-injection scenario: kills, Redis and database faults, restarts (seed printed; CONVEYOR_CHAOS_SEED replays)
+	$(BIN)/pytest -s tests/chaos
 
 bench: $(STAMP) ## benchmarks against plain Celery in the same run (figures in bench/RESULTS.md)
 	$(BIN)/python bench/worker_drain.py --jobs 1000 --sleep 0.5 --concurrency 500

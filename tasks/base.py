@@ -121,12 +121,19 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
             except LEDGER_UNAVAILABLE as error:
                 raise self._defer_while_ledger_is_down(runtime, error) from error
             runtime.running_tasks.mark(self.name, job_id)
-            runtime.jobs_in_progress.add(job_id)
+            runtime.jobs_in_progress[job_id] = False  # its outcome is not recorded yet
             try:
                 with log_context(request_id=start.request_id, attempt=start.attempt):
                     return self._run_attempt(runtime, job_id, start, args, kwargs)
+            except BaseException:
+                # killed (the greenlet by a connection loss or a time limit) or failed in its
+                # own bookkeeping: the attempt is still open under this process's live lease,
+                # so nobody else would take the job; this process puts it back
+                if not runtime.jobs_in_progress.get(job_id) and runtime.lease_keeper:
+                    runtime.lease_keeper.abandon(job_id, start.attempt)
+                raise
             finally:
-                runtime.jobs_in_progress.discard(job_id)
+                runtime.jobs_in_progress.pop(job_id, None)
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """Validate the arguments and call the implementation (outside the ledger)."""
@@ -209,7 +216,7 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
                 connection, job_id, start.attempt, result=result, now=_now()
             )
 
-        status = self._write_outcome(runtime, start.attempt, record)
+        status = self._write_outcome(runtime, record)
         logger.info("attempt succeeded", extra={"status": status.value})
         return result
 
@@ -247,7 +254,7 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
                     in_outbox=in_outbox,
                 )
 
-            generation = self._write_outcome(runtime, start.attempt, record_retry)
+            generation = self._write_outcome(runtime, record_retry)
             if generation is None:
                 logger.info("attempt failed but the job was cancelled; not retried")
                 raise Ignore from error
@@ -267,7 +274,7 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
         def record_failure(connection: Connection) -> JobStatus:
             return ledger.record_failure(connection, job_id, start.attempt, error=info, now=_now())
 
-        self._write_outcome(runtime, start.attempt, record_failure)
+        self._write_outcome(runtime, record_failure)
         logger.error(
             "job failed (%s: %s) after %d attempts",
             info.type,
@@ -297,7 +304,7 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
         return self.retry(exc=error, countdown=delay, throw=False)
 
     def _write_outcome(
-        self, runtime: WorkerRuntime, attempt: int, write: Callable[[Connection], Outcome]
+        self, runtime: WorkerRuntime, write: Callable[[Connection], Outcome]
     ) -> Outcome:
         """Record how an attempt ended, riding out a short ledger outage.
 
@@ -306,25 +313,22 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
         runs the job again, and this process's lease keeper puts the job back once the
         ledger answers (at least once, never lost).
         """
+        job_id = str(self.request.id)
         for pause in _LEDGER_WRITE_PAUSES:
             try:
-                with runtime.outcome_engine.begin() as connection:
-                    return write(connection)
+                return _write_once(runtime, job_id, write)
             except LEDGER_UNAVAILABLE as error:
                 logger.warning(
                     "ledger write failed (%s); trying again in %.1f s", type(error).__name__, pause
                 )
                 time.sleep(pause)
         try:
-            with runtime.outcome_engine.begin() as connection:
-                return write(connection)
+            return _write_once(runtime, job_id, write)
         except LEDGER_UNAVAILABLE as error:
             logger.exception(
                 "ledger unavailable; message requeued, the job will run again",
                 extra={"error_id": new_error_id()},
             )
-            if runtime.lease_keeper is not None:
-                runtime.lease_keeper.abandon(str(self.request.id), attempt)
             raise Reject(error, requeue=True) from error
 
     def _bounded_delay(self, runtime: WorkerRuntime, delay: float) -> float:
@@ -379,6 +383,16 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
                 record_pool_mismatch(runtime.redis_client, self.name, runtime.pool)
             except redis.RedisError as error:
                 logger.warning("pool-fitness counter not recorded: %s", error)
+
+
+def _write_once(
+    runtime: WorkerRuntime, job_id: str, write: Callable[[Connection], Outcome]
+) -> Outcome:
+    """Run ``write`` in a transaction and note that the job's outcome is recorded."""
+    with runtime.outcome_engine.begin() as connection:
+        outcome = write(connection)
+    runtime.jobs_in_progress[job_id] = True
+    return outcome
 
 
 def _liveness(runtime: WorkerRuntime, job_id: str) -> ledger.LivenessCheck:

@@ -28,7 +28,6 @@ logger = logging.getLogger(__name__)
 
 # renewals per lease term: a process survives five missed renewals in a row
 _RENEWALS_PER_TERM = 6
-_NEVER_POISON = 1_000_000
 
 
 def _now() -> datetime:
@@ -48,13 +47,19 @@ def lease_id_of(instance: str, pid: int) -> str:
 class LeaseKeeper:
     """Holds one process's lease: renews it until stopped, then releases it.
 
-    It also puts back the attempts this process gave up on (an outcome it could not record
-    while the ledger was down) once the ledger answers again.
+    It also puts back the attempts this process gave up on (killed, or whose outcome it
+    could not record while the ledger was down) once the ledger answers again.
     """
 
-    def __init__(self, engine: Callable[[], Engine], lease: Lease) -> None:
+    def __init__(
+        self,
+        engine: Callable[[], Engine],
+        lease: Lease,
+        settle: Callable[[LostAttempt], str] | None = None,
+    ) -> None:
         self._engine = engine
         self.lease = lease
+        self._settle = settle
         self._abandoned: list[LostAttempt] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -106,21 +111,9 @@ class LeaseKeeper:
         waiting: list[LostAttempt] = []
         try:
             for lost in abandoned:
-                with self._engine().begin() as connection:
-                    done = reconciliation.put_back(
-                        connection,
-                        lost,
-                        now=_now(),
-                        poison_after=_NEVER_POISON,  # not a crash: it does not count
-                        poison_error={},
-                    )
+                done = self._settle(lost) if self._settle else "closed"
                 if done == "skipped":  # held by a delivery right now: next renewal
                     waiting.append(lost)
-                elif done == "put_back":
-                    logger.warning(
-                        "job put back: its outcome could not be recorded",
-                        extra={"job_id": lost.job_id},
-                    )
         except SQLAlchemyError:
             waiting = abandoned
             raise
@@ -157,19 +150,7 @@ class Reconciler:
             with engine.connect() as connection:
                 lost = reconciliation.lost_attempts(connection, now, self._lease_term)
             for attempt in lost:
-                error = self._poison_error()
-                with engine.begin() as connection:
-                    done = reconciliation.put_back(
-                        connection,
-                        attempt,
-                        now=now,
-                        poison_after=self._poison_after,
-                        poison_error=error,
-                    )
-                counts[done] += 1
-                self._log(done, attempt, error)
-                if done == "poisoned":
-                    self._on_poisoned(attempt.job_id, error)
+                counts[self.settle(attempt)] += 1
             self._runs += 1
             if self._runs % 600 == 1:
                 with engine.begin() as connection:
@@ -178,13 +159,28 @@ class Reconciler:
             logger.warning("reconciler could not run", extra={"reason": str(error)[:200]})
         return Reconciled(counts["put_back"], counts["poisoned"], counts["closed"])
 
+    def settle(self, attempt: LostAttempt) -> str:
+        """Close one lost attempt and put its job back (or fail it as poison); what was done
+        (see :func:`workers.ledger.reconciliation.put_back`). Raises on a ledger failure."""
+        error = self._poison_error()
+        with self._engine().begin() as connection:
+            done = reconciliation.put_back(
+                connection,
+                attempt,
+                now=_now(),
+                poison_after=self._poison_after,
+                poison_error=error,
+            )
+        self._log(done, attempt, error)
+        if done == "poisoned":
+            self._on_poisoned(attempt.job_id, error)
+        return done
+
     @staticmethod
     def _log(done: str, attempt: LostAttempt, error: dict[str, Any]) -> None:
         extra = {"job_id": attempt.job_id, "attempt": attempt.number}
         if done == "put_back":
-            logger.warning(
-                "job put back: its worker's lease expired during the attempt", extra=extra
-            )
+            logger.warning("job put back: its attempt was lost", extra=extra)
         elif done == "poisoned":
             logger.error(
                 "job failed as poison: its worker died during too many attempts",

@@ -59,8 +59,8 @@ class WorkerRuntime:
         # this start of the worker: its processes' leases begin with it
         self.instance = new_instance_id()
         self.node = self.hostname
-        # jobs whose attempt this process is running now
-        self.jobs_in_progress: set[str] = set()
+        # jobs whose attempt this process is running now: whether its outcome is recorded
+        self.jobs_in_progress: dict[str, bool] = {}
         self.lease_keeper: LeaseKeeper | None = None
         self.reconciler: Reconciler | None = None
         self._engine: Engine | None = None
@@ -81,7 +81,8 @@ class WorkerRuntime:
         """Take this process's lease in the ledger and keep renewing it (it runs attempts)."""
         ttl = timedelta(seconds=self.settings.worker_lease_seconds)
         lease = this_process_lease(self.instance, self.node, self.pool, ttl)
-        self.lease_keeper = LeaseKeeper(lambda: self.engine, lease)
+        settle = self.reconciler.settle if self.reconciler is not None else None
+        self.lease_keeper = LeaseKeeper(lambda: self.engine, lease, settle)
         self.lease_keeper.start()
 
     @property
@@ -155,7 +156,7 @@ class WorkerRuntime:
     def reset_after_fork(self) -> None:
         """Forget the parent's engine and lease; the child creates its own on first use."""
         self.lease_keeper = None
-        self.jobs_in_progress = set()
+        self.jobs_in_progress = {}
         if self._engine is not None:
             self._engine.dispose(close=False)
         self._engine = None

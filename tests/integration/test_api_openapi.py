@@ -28,7 +28,9 @@ from schemathesis.engine import events, from_schema
 
 from tests.support.api_server import ALICE, ApiServer
 
-pytestmark = [pytest.mark.redis, pytest.mark.postgres]
+# the fuzz run (about 3,000 requests) is set up once for the module; on a machine busy with
+# other work it takes several times its 50 s on a quiet one
+pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.timeout(600)]
 
 MAX_EXAMPLES = 200
 MIN_TOTAL_CASES = 2000

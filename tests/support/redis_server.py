@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,8 +26,9 @@ def server_binary() -> str:
 class PrivateRedis:
     """A Redis server on a port of its own, stoppable and restartable on that port."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, append_only: bool = False) -> None:
         self.port = free_port()
+        self._append_only = append_only
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._directory = directory
         self._process: subprocess.Popen[bytes] | None = None
@@ -36,7 +38,8 @@ class PrivateRedis:
         log = (self._directory / "redis.log").open("ab")
         self._process = subprocess.Popen(
             [server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self._directory)],
+             "--appendonly", "yes" if self._append_only else "no",
+             "--appendfsync", "everysec", "--dir", str(self._directory)],
             stdout=log,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -54,18 +57,36 @@ class PrivateRedis:
         finally:
             client.close()
 
+    def kill(self) -> None:
+        """SIGKILL the server: what the append-only file has is all that survives."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(10)
+        self._process = None
+
+    def pause(self) -> None:
+        """SIGSTOP the server: connections stay open and nothing answers."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused server."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
-        """Stop the server (its data is gone: nothing is saved)."""
+        """Stop the server (without append-only persistence its data is gone)."""
         if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGCONT)  # a paused server takes no SIGTERM
             self._process.terminate()
             self._process.wait(10)
         self._process = None
 
 
 @contextmanager
-def private_redis(directory: Path) -> Iterator[PrivateRedis]:
+def private_redis(directory: Path, *, append_only: bool = False) -> Iterator[PrivateRedis]:
     """A running private Redis, stopped after the block."""
-    server = PrivateRedis(directory)
+    server = PrivateRedis(directory, append_only=append_only)
     server.start()
     try:
         yield server
