@@ -19,7 +19,8 @@ from tests.support.ledger_reads import LedgerReader
 from tests.support.polling import wait_for
 from tests.support.workers import start_worker
 
-LEASE_SECONDS = 10
+# CONVEYOR_CHAOS_LEASE_SECONDS=30 measures the default lease (the target grows with it)
+LEASE_SECONDS = int(os.environ.get("CONVEYOR_CHAOS_LEASE_SECONDS", "10"))
 TARGET_SECONDS = LEASE_SECONDS + 30
 WORK_SECONDS = 3.0
 # (task, args, concurrency, jobs): twice as many jobs as the pool runs at once

@@ -12,12 +12,12 @@ _CHUNK = 65536
 
 
 class FaultProxy:
-    """Forwards 127.0.0.1:``port`` to ``target``. :meth:`cut` closes every connection and
+    """Forwards ``listen_host``:``port`` to ``target``. :meth:`cut` closes every connection and
     refuses new ones (each is closed on arrival) until :meth:`heal`."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, listen_host: str = "127.0.0.1") -> None:
         self._target = (target_host, target_port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server((listen_host, 0))
         self.port = int(self._listener.getsockname()[1])
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -85,9 +85,11 @@ def _close(sock: socket.socket) -> None:
 
 
 @contextmanager
-def fault_proxy(target_host: str, target_port: int) -> Iterator[FaultProxy]:
+def fault_proxy(
+    target_host: str, target_port: int, listen_host: str = "127.0.0.1"
+) -> Iterator[FaultProxy]:
     """A running proxy to the target, closed after the block."""
-    proxy = FaultProxy(target_host, target_port)
+    proxy = FaultProxy(target_host, target_port, listen_host)
     try:
         yield proxy
     finally:

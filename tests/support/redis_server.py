@@ -26,9 +26,12 @@ def server_binary() -> str:
 class PrivateRedis:
     """A Redis server on a port of its own, stoppable and restartable on that port."""
 
-    def __init__(self, directory: Path, *, append_only: bool = False) -> None:
+    def __init__(
+        self, directory: Path, *, append_only: bool = False, also_bind: str | None = None
+    ) -> None:
         self.port = free_port()
         self._append_only = append_only
+        self._binds = ["127.0.0.1", *([also_bind] if also_bind else [])]
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._directory = directory
         self._process: subprocess.Popen[bytes] | None = None
@@ -37,7 +40,9 @@ class PrivateRedis:
         """Start the server and wait until it answers PING."""
         log = (self._directory / "redis.log").open("ab")
         self._process = subprocess.Popen(
-            [server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [server_binary(), "--port", str(self.port), "--bind", *self._binds, "--save", "",
+             # the second address is a link the test made to a namespace of its own
+             "--protected-mode", "no" if len(self._binds) > 1 else "yes",
              "--appendonly", "yes" if self._append_only else "no",
              "--appendfsync", "everysec", "--dir", str(self._directory)],
             stdout=log,
@@ -84,9 +89,11 @@ class PrivateRedis:
 
 
 @contextmanager
-def private_redis(directory: Path, *, append_only: bool = False) -> Iterator[PrivateRedis]:
-    """A running private Redis, stopped after the block."""
-    server = PrivateRedis(directory, append_only=append_only)
+def private_redis(
+    directory: Path, *, append_only: bool = False, also_bind: str | None = None
+) -> Iterator[PrivateRedis]:
+    """A running private Redis (also listening on ``also_bind``), stopped after the block."""
+    server = PrivateRedis(directory, append_only=append_only, also_bind=also_bind)
     server.start()
     try:
         yield server
