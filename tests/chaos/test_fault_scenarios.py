@@ -23,7 +23,6 @@ from sqlalchemy import Engine
 from tests.support.api_server import ALICE
 from tests.support.fault_harness import Deployment, Tally, Workload, deployment, wait_quiet
 from tests.support.polling import wait_for
-from tests.support.processes import descendants
 from tests.support.workers import children_of
 from workers.ledger.database import create_ledger_engine
 
@@ -102,11 +101,7 @@ def kill_workers(deployed: Deployment, rng: random.Random) -> None:
             if children:
                 os.kill(rng.choice(children), signal.SIGKILL)
             continue
-        worker = deployed.workers[fault]
-        for pid in descendants(worker.process.pid):
-            os.kill(pid, signal.SIGKILL)
-        worker.process.kill()
-        worker.process.wait(10)
+        deployed.kill_worker(fault)
         deployed.start_worker(fault)
 
 
@@ -132,11 +127,7 @@ def test_without_leases_worker_kills_lose_jobs(
 
     def kill_main_processes(deployed: Deployment, rng: random.Random) -> None:
         for kind, _ in zip(["io", "cpu"], at([span() / 3, span() / 2]), strict=True):
-            worker = deployed.workers[kind]
-            for pid in descendants(worker.process.pid):
-                os.kill(pid, signal.SIGKILL)
-            worker.process.kill()
-            worker.process.wait(10)
+            deployed.kill_worker(kind)
             deployed.start_worker(kind)
 
     tally = run_scenario(

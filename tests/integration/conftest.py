@@ -118,3 +118,17 @@ def beat(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
     logs = tmp_path_factory.mktemp("beat-logs")
     with running_beat(stack.env, logs / "beat.log") as process:
         yield process
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def engine(request: pytest.FixtureRequest, postgres_url: str, sqlite_url: str) -> Iterator[Engine]:
+    """A ledger engine on each backend in turn (for tests of the ledger's statements)."""
+    url = postgres_url if request.param == "postgresql" else sqlite_url
+    engine = create_ledger_engine(url, pool_size=2)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return create_session_factory(engine)

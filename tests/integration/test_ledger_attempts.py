@@ -3,35 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
-import pytest
-from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from workers.ledger import attempts as ledger
 from workers.ledger import operator_actions, queries
 from workers.ledger.attempts import Delivery, ErrorInfo, Runner, Verdict
-from workers.ledger.database import create_ledger_engine, create_session_factory, session_scope
+from workers.ledger.database import session_scope
 from workers.ledger.models import JobStatus
 
 RUNNER = Runner(worker="io@test", pool="gevent", pid=4242)
 POISON = ErrorInfo("PoisonJobError", "died three times", "e-poison")
 BOOM = ErrorInfo("TransientError", "boom", "e-1")
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def engine(request: pytest.FixtureRequest, postgres_url: str, sqlite_url: str) -> Iterator[Engine]:
-    url = postgres_url if request.param == "postgresql" else sqlite_url
-    engine = create_ledger_engine(url, pool_size=2)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return create_session_factory(engine)
 
 
 def now() -> datetime:

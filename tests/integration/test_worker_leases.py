@@ -4,35 +4,20 @@ processes, fences their late outcomes, and leaves live ones alone."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from workers.ledger import attempts as ledger
 from workers.ledger import queries, reconciliation
 from workers.ledger.attempts import Delivery, ErrorInfo, OpenAttempt, Runner, Verdict
-from workers.ledger.database import create_ledger_engine, create_session_factory, session_scope
+from workers.ledger.database import session_scope
 from workers.ledger.models import JobStatus
 from workers.ledger.reconciliation import Lease, LostAttempt
 
 POISON = ErrorInfo("PoisonJobError", "died three times", "e-poison")
 TERM = timedelta(seconds=30)
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def engine(request: pytest.FixtureRequest, postgres_url: str, sqlite_url: str) -> Iterator[Engine]:
-    url = postgres_url if request.param == "postgresql" else sqlite_url
-    engine = create_ledger_engine(url, pool_size=2)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return create_session_factory(engine)
 
 
 def now() -> datetime:

@@ -9,7 +9,10 @@ everysec``), and the run's PostgreSQL reached through a proxy the scenario can c
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import signal
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -24,7 +27,7 @@ from sqlalchemy.engine import make_url
 
 from tests.support.api_server import API_KEYS, ApiServer, running_api
 from tests.support.fault_proxy import FaultProxy, fault_proxy
-from tests.support.processes import ServiceProcess
+from tests.support.processes import ServiceProcess, descendants
 from tests.support.redis_server import PrivateRedis, private_redis
 from tests.support.workers import CONVEYOR, WorkerProcess, start_worker, worker_environment
 
@@ -173,12 +176,18 @@ class Deployment:
         self.workers[kind] = worker
         return worker
 
+    def kill_worker(self, kind: str) -> None:
+        """SIGKILL the ``kind`` worker's main process and its pool children at once."""
+        worker = self.workers[kind]
+        for pid in descendants(worker.process.pid):
+            os.kill(pid, signal.SIGKILL)
+        worker.process.kill()
+        worker.process.wait(10)
+
     def start_beat(self) -> ServiceProcess:
         """Start one more ``conveyor beat``."""
         log_path = self.directory / f"beat-{len(self.beats) + 1}.log"
         log = log_path.open("wb")
-        import subprocess  # noqa: PLC0415 - only beats need it here
-
         process = subprocess.Popen(
             [CONVEYOR, "beat"], env=self.env, stdout=log, stderr=subprocess.STDOUT
         )
