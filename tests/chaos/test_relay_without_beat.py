@@ -97,7 +97,7 @@ def test_beat_relays_in_its_own_process_and_sends_no_relay_messages(
     env = {**chaos_env, "CONVEYOR_API_KEYS": API_KEYS, "CONVEYOR_RATE_LIMIT": "off"}
     broker = redis.Redis.from_url(chaos_redis)
 
-    def io_messages() -> list[bytes]:
+    def io_messages() -> list[bytes | str]:
         return [raw for key in queue_keys("io") for raw in broker.lrange(key, 0, -1)]
 
     with running_api(env, tmp_path / "api.log") as api, api.client() as client:

