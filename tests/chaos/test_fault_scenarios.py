@@ -8,6 +8,7 @@ Set ``CONVEYOR_CHAOS_SEED`` to replay a run, ``CONVEYOR_CHAOS_JOBS`` to change i
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -18,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from tests.support.api_server import ALICE
 from tests.support.fault_harness import Deployment, Tally, Workload, deployment, wait_quiet
@@ -126,7 +127,13 @@ def test_without_leases_worker_kills_lose_jobs(
     kills at the default visibility timeout strand jobs, and the checker sees them."""
 
     def kill_main_processes(deployed: Deployment, rng: random.Random) -> None:
-        for kind, _ in zip(["io", "cpu"], at([span() / 3, span() / 2]), strict=True):
+        # each kill waits until the ledger shows the worker running attempts: the jobs are
+        # short, and a kill between two of them would strand nothing to see
+        for kind in ["io", "cpu", "io", "cpu"]:
+            node = deployed.workers[kind].node
+            running = functools.partial(open_attempts, ledger, node)
+            wait_for(lambda: running() >= 2, timeout=60, interval=0.01,  # noqa: B023 - called at once
+                     what=f"{node} to run attempts")  # fmt: skip
             deployed.kill_worker(kind)
             deployed.start_worker(kind)
 
@@ -135,6 +142,18 @@ def test_without_leases_worker_kills_lose_jobs(
         database_url=chaos_database, ledger=ledger, worker_lease_seconds="3600",
     )  # fmt: skip
     assert tally.lost, "the checker saw no loss without the protection"
+
+
+def open_attempts(ledger: Engine, node: str) -> int:
+    """How many attempts are open in the ledger on the worker ``node``."""
+    with ledger.connect() as connection:
+        return int(
+            connection.scalar(
+                text("SELECT count(*) FROM job_attempts WHERE outcome = 'running' AND worker = :n"),
+                {"n": node},
+            )
+            or 0
+        )
 
 
 def canary_round_trip(deployed: Deployment, timeout: float) -> float:
