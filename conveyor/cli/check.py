@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from conveyor.cli.context import command_settings
+from conveyor.cli.failure_reasons import database_reason, redis_reason
 from tasks.catalog import build_catalog
 from workers.ledger.database_url import is_sqlite, missing_sqlite_file
 from workers.relay_heartbeat import describe_relay, relay_age
@@ -27,7 +28,7 @@ def check_redis(url: str, timeout: float = 3.0) -> str | None:
     try:
         client.ping()
     except redis.RedisError as error:
-        return f"Redis at {_redact(url)} does not answer: {error}"
+        return f"Redis at {_redact(url)} does not answer: {_redact(redis_reason(error, url))}"
     finally:
         client.close()
     return None
@@ -44,7 +45,7 @@ def check_database(url: str, timeout: float = 3.0) -> str | None:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
     except SQLAlchemyError as error:
-        return f"database at {_redact(url)} does not answer: {type(error).__name__}"
+        return f"database at {_redact(url)} failed: {_redact(database_reason(error, url))}"
     finally:
         engine.dispose()
     return None

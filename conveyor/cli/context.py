@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from conveyor.cli.failure_reasons import database_reason
 from workers.broker import Publisher
 from workers.enqueue import Enqueuer
 from workers.ledger.database import create_ledger_engine, create_session_factory
@@ -77,11 +78,9 @@ class LedgerAccess:
 
 
 def database_failure(error: SQLAlchemyError, settings: Settings) -> str:
-    """The database's reason for ``error``: its first line, secrets redacted."""
-    original = getattr(error, "orig", None)
-    text = str(original if original is not None else error).strip()
-    first_line = text.splitlines()[0] if text else type(error).__name__
-    return Redactor(settings.secret_values()).text(first_line)
+    """The reason for ``error`` and what to do, in one line, secrets redacted."""
+    reason = database_reason(error, settings.database_url)
+    return Redactor(settings.secret_values()).text(reason)
 
 
 @contextmanager
