@@ -41,6 +41,9 @@ def chaos_env(chaos_redis: str, chaos_database: str) -> dict[str, str]:
         io_concurrency="4",
         cpu_concurrency="1",
         visibility_timeout="300",
+        # a few connections per process: the integration stack and the other test process
+        # share the server's 100
+        database_pool_size="6",
     )
 
 

@@ -223,6 +223,8 @@ def deployment(directory: Path, database_url: str, **settings: str) -> Iterator[
             retry_scale="0.02",
             io_concurrency="20",
             cpu_concurrency="2",
+            # a few connections per process: other tests share the server's 100
+            database_pool_size="6",
             **settings,
         )
         with running_api(env, directory / "api.log") as api:
