@@ -27,7 +27,7 @@ lint: $(STAMP) ## ruff, mypy --strict and the import contract between the layers
 	$(BIN)/lint-imports
 
 test: $(STAMP) ## the whole suite: unit, integration (real Redis/PostgreSQL/workers), chaos but the longest fault scenarios
-	CONVEYOR_CHAOS_JOBS=$${CONVEYOR_CHAOS_JOBS:-1500} $(BIN)/pytest -n $(PYTEST_WORKERS) -m "not long_chaos" tests/unit tests/integration tests/chaos
+	CONVEYOR_CHAOS_JOBS=$${CONVEYOR_CHAOS_JOBS:-1500} CONVEYOR_CHAOS_POOL_SIZE=$${CONVEYOR_CHAOS_POOL_SIZE:-6} $(BIN)/pytest -n $(PYTEST_WORKERS) -m "not long_chaos" tests/unit tests/integration tests/chaos
 
 unit: $(STAMP) ## unit tests only (no services)
 	$(BIN)/pytest tests/unit

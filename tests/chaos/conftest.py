@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tests.conftest import empty_redis_database, xdist_index
 from tests.integration.conftest import plain_client
 from tests.support.embedded_services import RunServices
+from tests.support.fault_harness import POOL_SIZE
 from tests.support.ledger_reads import LedgerReader
 from tests.support.postgres_databases import PostgresServer
 from tests.support.workers import worker_environment
@@ -41,9 +42,7 @@ def chaos_env(chaos_redis: str, chaos_database: str) -> dict[str, str]:
         io_concurrency="4",
         cpu_concurrency="1",
         visibility_timeout="300",
-        # a few connections per process: the integration stack and the other test process
-        # share the server's 100
-        database_pool_size="6",
+        database_pool_size=POOL_SIZE,
     )
 
 

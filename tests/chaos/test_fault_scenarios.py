@@ -63,7 +63,7 @@ def run_scenario(
         inject(deployed, rng)
         workload.join(timeout=300)
         faults_over = time.monotonic()
-        tally = wait_quiet(ledger, workload.acknowledged, faults_over + SETTLE_SECONDS + 60)
+        tally = wait_quiet(ledger, workload.acknowledged, stalled_for=SETTLE_SECONDS, cap=300)
         quiet_after = time.monotonic() - faults_over
     tally.refused = workload.answers["503"]
     tally.indeterminate = workload.answers["no answer"]

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.support.api_server import API_KEYS, running_api
+from tests.support.fault_harness import POOL_SIZE
 from tests.support.fault_proxy import fault_proxy
 from tests.support.ledger_reads import LedgerReader
 from tests.support.network_namespace import can_make_namespaces, second_host
@@ -69,7 +70,7 @@ def test_a_host_cut_off_for_a_minute_loses_its_jobs_to_the_other_and_its_outcome
             env="test", redis_url=broker.url, database_url=chaos_database, api_keys=API_KEYS,
             rate_limit="off", storage_dir=str(tmp_path), retry_scale="0.02",
             visibility_timeout="3600", worker_lease_seconds=str(LEASE_SECONDS),
-            io_concurrency=str(JOBS), database_pool_size="6",
+            io_concurrency=str(JOBS), database_pool_size=POOL_SIZE,
         )  # fmt: skip
         guest_env = {
             **env,

@@ -130,7 +130,7 @@ def test_a_cpu_job_past_its_soft_time_limit_follows_the_transient_policy(
             "diagnostics.spin",
             kwargs={"milliseconds": 20000},
             queue="cpu",
-            soft_time_limit=0.5,
+            soft_time_limit=1,
             time_limit=10,
         )
 

@@ -14,8 +14,9 @@ from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.support.api_server import API_KEYS, ApiServer, ServiceProcess, running_api, running_beat
+from tests.support.api_server import API_KEYS, ApiServer, running_api, running_beat
 from tests.support.ledger_reads import LedgerReader
+from tests.support.processes import ServiceProcess
 from tests.support.workers import WorkerProcess, running_worker, worker_environment
 from workers.ledger.database import create_ledger_engine, create_session_factory
 
