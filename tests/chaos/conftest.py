@@ -9,7 +9,7 @@ import pytest
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.conftest import empty_redis_database, xdist_index
+from tests.conftest import database_name, empty_redis_database, xdist_index
 from tests.integration.conftest import plain_client
 from tests.support.embedded_services import RunServices
 from tests.support.fault_harness import POOL_SIZE
@@ -20,14 +20,17 @@ from workers.ledger.database import create_ledger_engine, create_session_factory
 
 
 @pytest.fixture(scope="session")
-def chaos_database(postgres_server: PostgresServer, worker_id: str) -> Iterator[str]:
-    with postgres_server.migrated_database(f"conveyor_chaos_{xdist_index(worker_id)}") as url:
+def chaos_database(
+    postgres_server: PostgresServer, services: RunServices, worker_id: str
+) -> Iterator[str]:
+    with postgres_server.migrated_database(database_name(services, worker_id, "chaos")) as url:
         yield url
 
 
 @pytest.fixture
 def chaos_redis(services: RunServices, worker_id: str) -> Iterator[str]:
-    """A Redis database apart from the integration workers' (5, 6, …), emptied per test."""
+    """A Redis database of the run's server apart from the integration workers' (5, 6, …),
+    emptied per test."""
     with empty_redis_database(services.redis_url, 5 + xdist_index(worker_id)) as url:
         yield url
 

@@ -11,7 +11,8 @@ from celery import Celery
 from celery.result import AsyncResult
 from psycopg import sql
 
-from tests.conftest import xdist_index
+from tests.conftest import database_name
+from tests.support.embedded_services import RunServices
 from tests.support.ledger_reads import LedgerReader
 from tests.support.polling import wait_for
 from tests.support.postgres_databases import PostgresServer
@@ -21,9 +22,9 @@ from workers.ledger.database import create_ledger_engine, create_session_factory
 
 @pytest.fixture
 def outage_database(
-    postgres_server: PostgresServer, worker_id: str
+    postgres_server: PostgresServer, services: RunServices, worker_id: str
 ) -> Iterator[tuple[PostgresServer, str, str]]:
-    name = f"conveyor_outage_{xdist_index(worker_id)}"
+    name = database_name(services, worker_id, "outage")
     with postgres_server.migrated_database(name) as url:
         try:
             yield postgres_server, name, url

@@ -21,6 +21,7 @@ from tests.support.fault_proxy import fault_proxy
 from tests.support.ledger_reads import LedgerReader
 from tests.support.network_namespace import can_make_namespaces, second_host
 from tests.support.polling import wait_for
+from tests.support.processes import dying_with_this_process
 from tests.support.redis_server import private_redis
 from tests.support.workers import CONVEYOR, start_worker, worker_environment
 
@@ -82,7 +83,9 @@ def test_a_host_cut_off_for_a_minute_loses_its_jobs_to_the_other_and_its_outcome
         guest_log = tmp_path / "guest.log"
         with guest_log.open("wb") as log:
             guest = subprocess.Popen(
-                host.command(CONVEYOR, "worker", "io", "--hostname", "io-guest@test"),
+                dying_with_this_process(
+                    host.command(CONVEYOR, "worker", "io", "--hostname", "io-guest@test")
+                ),
                 env=guest_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         local = None

@@ -18,7 +18,7 @@ import pytest
 from tests.integration.conftest import Stack
 from tests.support.api_server import free_port
 from tests.support.polling import wait_for
-from tests.support.processes import ServiceProcess
+from tests.support.processes import ServiceProcess, dying_with_this_process
 from tests.support.workers import CONVEYOR
 
 # the job document of the contract
@@ -248,7 +248,7 @@ def test_flower_serves_behind_basic_auth_and_stops_on_sigterm(stack: Stack, work
     log_path = workdir / "flower.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [CONVEYOR, "flower", "--host", "127.0.0.1"],
+            dying_with_this_process([CONVEYOR, "flower", "--host", "127.0.0.1"]),
             env=env,
             cwd=workdir,
             stdout=log,

@@ -24,7 +24,7 @@ import pytest
 from tests.integration.conftest import Stack
 from tests.support.api_server import ALICE, ApiServer
 from tests.support.polling import wait_for
-from tests.support.processes import alive, descendants
+from tests.support.processes import alive, descendants, dying_with_this_process
 from tests.support.workers import CONVEYOR, embedded_dev_environment
 
 DEMO_JOBS = 60
@@ -84,8 +84,8 @@ def started_demo(
     log_path = directory / "demo.out"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [CONVEYOR, "demo", *args], env=env, cwd=directory, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            dying_with_this_process([CONVEYOR, "demo", *args], supervisor=True), env=env,
+            cwd=directory, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
         yield DemoRun(process, log_path)

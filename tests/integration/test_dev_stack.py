@@ -17,7 +17,7 @@ import pytest
 from conveyor.devstack.stack import DEV_API_KEY, DEV_FLOWER_LOGIN
 from conveyor.devstack.supervision import free_ports
 from tests.support.polling import wait_for
-from tests.support.processes import alive, descendants
+from tests.support.processes import alive, descendants, dying_with_this_process
 from tests.support.workers import CONVEYOR, embedded_dev_environment
 
 
@@ -34,7 +34,10 @@ def started_dev(
     log_path = directory / log_name
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [CONVEYOR, "dev", "--api-port", str(api_port), "--flower-port", str(flower_port)],
+            dying_with_this_process(
+                [CONVEYOR, "dev", "--api-port", str(api_port), "--flower-port", str(flower_port)],
+                supervisor=True,
+            ),
             env=env,
             cwd=directory,
             stdout=log,

@@ -11,7 +11,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.pool import NullPool
 
-from tests.conftest import xdist_index
+from tests.conftest import database_name
+from tests.support.embedded_services import RunServices
 from tests.support.postgres_databases import PostgresServer
 from workers.ledger import schema
 from workers.ledger.models import Base
@@ -24,7 +25,8 @@ def empty_database(request: pytest.FixtureRequest, tmp_path: Path, worker_id: st
         return
     # requested here, not as a parameter, so the SQLite case runs without PostgreSQL
     server: PostgresServer = request.getfixturevalue("postgres_server")
-    name = f"conveyor_migrations_{xdist_index(worker_id)}"
+    services: RunServices = request.getfixturevalue("services")
+    name = database_name(services, worker_id, "migrations")
     yield server.create_database(name)
     server.drop_database(name)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from tests.support.polling import wait_for
-from tests.support.processes import ServiceProcess, free_port
+from tests.support.processes import ServiceProcess, dying_with_this_process, free_port
 from tests.support.workers import CONVEYOR
 
 ALICE = ("alice", "alice-secret-key-0123456789")
@@ -37,7 +37,11 @@ def _start(command: list[str], env: dict[str, str], log_path: Path) -> subproces
     log = log_path.open("wb")
     try:
         return subprocess.Popen(
-            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            dying_with_this_process(command),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     finally:
         log.close()

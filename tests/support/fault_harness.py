@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 
 from tests.support.api_server import API_KEYS, ApiServer, running_api
 from tests.support.fault_proxy import FaultProxy, fault_proxy
-from tests.support.processes import ServiceProcess, descendants
+from tests.support.processes import ServiceProcess, descendants, dying_with_this_process
 from tests.support.redis_server import PrivateRedis, private_redis
 from tests.support.workers import CONVEYOR, WorkerProcess, start_worker, worker_environment
 
@@ -194,8 +194,9 @@ class Deployment:
         log_path = self.directory / f"beat-{len(self.beats) + 1}.log"
         log = log_path.open("wb")
         process = subprocess.Popen(
-            [CONVEYOR, "beat"], env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
+            dying_with_this_process([CONVEYOR, "beat"]), env=self.env, stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
         log.close()
         beat = ServiceProcess(process, log_path)
         self.beats.append(beat)

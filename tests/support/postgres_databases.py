@@ -44,6 +44,11 @@ class PostgresServer:
         except psycopg.OperationalError:
             return False
 
+    def database_names(self) -> list[str]:
+        """Every database on the server."""
+        with self.admin_connection() as admin:
+            return [str(row[0]) for row in admin.execute("SELECT datname FROM pg_database")]
+
     def create_database(self, name: str) -> str:
         """Drop and create database ``name``; its SQLAlchemy URL."""
         with self.admin_connection() as admin:

