@@ -1,5 +1,5 @@
-"""The API's Prometheus metrics: requests, enqueued jobs, queue depths, pool fitness and the
-messages workers refused.
+"""The API's Prometheus metrics: requests, enqueued jobs, queue depths, pool fitness, the
+messages workers refused and the ledger's jobs by status.
 
 With several uvicorn workers, ``conveyor api`` points ``PROMETHEUS_MULTIPROC_DIR`` at a
 fresh directory so that every process's counters add up in one scrape.
@@ -38,6 +38,22 @@ class QueueDepthCollector(Collector):
         )
         for queue, depth in sorted(self._read_depths().items()):
             family.add_metric([queue], depth)
+        yield family
+
+
+class LedgerJobsCollector(Collector):
+    """``conveyor_ledger_jobs{status}``: the jobs the ledger holds, read at scrape time, so
+    that retention shows (finished jobs level off instead of growing forever)."""
+
+    def __init__(self, read_counts: Callable[[], dict[str, int]]) -> None:
+        self._read_counts = read_counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "conveyor_ledger_jobs", "Jobs in the ledger, by status", labels=["status"]
+        )
+        for status, count in sorted(self._read_counts().items()):
+            family.add_metric([status], count)
         yield family
 
 
@@ -133,6 +149,7 @@ class ApiMetrics:
         read_depths: Callable[[], dict[str, int]],
         read_fitness: Callable[[], list[FitnessCount]],
         read_rejections: Callable[[], dict[str, int]],
+        read_ledger_jobs: Callable[[], dict[str, int]],
     ) -> bytes:
         """The Prometheus text exposition of every metric, Redis-held ones read now."""
         registry = CollectorRegistry()
@@ -145,4 +162,5 @@ class ApiMetrics:
         registry.register(QueueDepthCollector(read_depths))
         registry.register(PoolFitnessCollector(read_fitness))
         registry.register(RejectedMessagesCollector(read_rejections))
+        registry.register(LedgerJobsCollector(read_ledger_jobs))
         return generate_latest(registry)

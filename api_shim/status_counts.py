@@ -1,4 +1,5 @@
-"""Per-client job counts by status, cached for a second so dashboards can poll cheaply."""
+"""Job counts by status, per client and for the whole ledger, cached for a second so
+dashboards and scrapes can poll cheaply."""
 
 from __future__ import annotations
 
@@ -32,16 +33,18 @@ class StatusCounts:
         self._cache: dict[str, tuple[float, dict[str, int]]] = {}
         self._lock = threading.Lock()
 
-    def read(self, client_id: str) -> dict[str, int]:
-        """Every status with the client's count (blocking: call from a worker thread)."""
+    def read(self, client_id: str | None) -> dict[str, int]:
+        """Every status with the client's count, or the whole ledger's with ``None``
+        (blocking: call from a worker thread)."""
+        key = "" if client_id is None else f"client:{client_id}"
         now = self._clock()
         with self._lock:
-            cached = self._cache.get(client_id)
+            cached = self._cache.get(key)
         if cached and now - cached[0] < self._ttl:
             return cached[1]
         with self._engine.connect() as connection:
             found = queries.count_by_status(connection, client_id)
         counts = {status.value: found.get(status.value, 0) for status in JobStatus}
         with self._lock:
-            self._cache[client_id] = (now, counts)
+            self._cache[key] = (now, counts)
         return counts

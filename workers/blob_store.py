@@ -104,8 +104,9 @@ class BlobWriter:
         hex_digest = self._digest.hexdigest()
         final = self._store.root / "sha256" / hex_digest[0:2] / hex_digest[2:4] / hex_digest
         file.flush()
-        if final.exists():
-            # Same name, same content: keep the existing copy.
+        if _refreshed(final):
+            # Same name, same content: keep the existing copy, now counted as just written,
+            # so that retention does not delete it under the uploader.
             self._close_and_remove()
         else:
             # fsync before the rename, or a crash could leave the final name pointing
@@ -135,6 +136,15 @@ class BlobWriter:
             self._file.close()
             self._file = None
         self._tmp_path.unlink(missing_ok=True)
+
+
+def _refreshed(path: Path) -> bool:
+    """Set ``path``'s modification time to now; whether the file was there."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _fsync_directory(directory: Path, sync: Callable[[int], None]) -> None:
@@ -216,6 +226,27 @@ class BlobStore:
                     path.unlink()
                     removed += 1
         return removed
+
+    def written_before(self, cutoff: float) -> Iterator[str]:
+        """The ids of blobs last written before ``cutoff`` (a Unix time), as a stream."""
+        for path in (self.root / "sha256").glob("??/??/*"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    yield f"sha256:{path.name}"
+
+    def remove_if_written_before(self, blob_id: str, cutoff: float) -> bool:
+        """Delete the blob if it was last written before ``cutoff``; whether it went.
+
+        The time is read again here: an upload of the same content since the listing
+        refreshed it, and it stays."""
+        path = self.path_of(blob_id)
+        try:
+            if path.stat().st_mtime >= cutoff:
+                return False
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     @contextlib.contextmanager
     def open(self, blob_id: str) -> Iterator[BinaryIO]:

@@ -26,6 +26,7 @@ from workers.relay import (
     reconcile,
     register_relay,
     relay_outbox,
+    retain,
 )
 from workers.runtime import ConveyorCelery, WorkerRuntime, pool_name_of
 from workers.settings import Settings, SettingsError
@@ -219,6 +220,7 @@ def _connect_worker_signals(app: ConveyorCelery) -> None:
                 children.check(list(sender.pool.info.get("processes", [])))
                 relay_outbox(runtime)
                 reconcile(runtime)
+                retain(runtime)
 
             sender.timer.call_repeatedly(RELAY_INTERVAL_SECONDS, housekeeping)
             logger.info("outbox relay running every %g s", RELAY_INTERVAL_SECONDS)

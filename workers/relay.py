@@ -1,6 +1,7 @@
 """The outbox relay: publishes jobs the producer could not, and delayed jobs once due.
 
-The same loop runs the reconciler, which puts back the jobs of dead worker processes.
+The same loop runs the reconciler, which puts back the jobs of dead worker processes, and takes
+a step of retention (:mod:`workers.retention`).
 
 It picks up jobs whose delay is over, jobs recorded while Redis was down, and jobs whose
 producer died between commit and publish; and, every ten runs, jobs the ledger says were
@@ -76,6 +77,11 @@ def reconcile(runtime: WorkerRuntime) -> None:
         runtime.reconciler.run()
 
 
+def retain(runtime: WorkerRuntime) -> None:
+    """Take one step of retention (:mod:`workers.retention`)."""
+    runtime.retention.step()
+
+
 class RelayLoop:
     """Runs :func:`relay_outbox` and :func:`reconcile` every ``interval`` seconds until stopped.
 
@@ -103,6 +109,7 @@ class RelayLoop:
         while not self._stop.wait(self._interval):
             relay_outbox(self._runtime)
             reconcile(self._runtime)
+            retain(self._runtime)
             runs += 1
             if runs % _RUNS_PER_LOST_CHECK == 0:
                 republish_lost(self._runtime)

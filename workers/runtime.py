@@ -6,6 +6,7 @@ inherits its parent's pooled connections.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import socket
@@ -24,6 +25,7 @@ from workers.ledger.database import create_ledger_engine
 from workers.ledger.database_url import ensure_sqlite_directory
 from workers.message_judge import MessageJudge
 from workers.process_resources import ProcessResources
+from workers.retention import Retention
 from workers.settings import Settings
 
 # connections a prefork child needs: one task at a time, one the task may hold itself, and
@@ -143,6 +145,13 @@ class WorkerRuntime:
     def redis_client(self) -> redis.Redis:
         """This process's Redis client (the enqueuer's), created on first use."""
         return self._clients()[1]
+
+    @functools.cached_property
+    def retention(self) -> Retention:
+        """This process's share of retention (:mod:`workers.retention`), made on first use."""
+        return Retention(
+            lambda: self.engine, lambda: self.redis_client, self.blobs, self.settings.retention
+        )
 
     def _clients(self) -> tuple[Enqueuer, redis.Redis]:
         engine = self.engine  # first, so a forked child drops the parent's client below

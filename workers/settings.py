@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -31,6 +32,16 @@ class SettingsError(Exception):
 
 
 @dataclass(frozen=True)
+class RetentionPeriods:
+    """How long ``succeeded`` and ``cancelled`` jobs, ``failed`` jobs and blobs no job names
+    are kept once finished (blobs: once last written)."""
+
+    finished: timedelta
+    failed: timedelta
+    blobs: timedelta
+
+
+@dataclass(frozen=True)
 class RateLimit:
     """``limit`` requests per ``period_seconds``."""
 
@@ -47,6 +58,17 @@ def parse_rate_limit(text: str) -> RateLimit | None:
     if match is None or int(match.group(1)) < 1:
         raise ValueError(f"expected N/second, N/minute, N/hour or off, got {text!r}")
     return RateLimit(int(match.group(1)), _RATE_PERIODS[match.group(2)])
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``90s``, ``15m``, ``12h`` or ``14d`` (a whole number and one unit)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([smhd])\s*", text.lower())
+    if match is None or int(match.group(1)) < 1:
+        raise ValueError(f"expected a duration such as 90s, 15m, 12h or 14d, got {text!r}")
+    return timedelta(seconds=int(match.group(1)) * _DURATION_UNITS[match.group(2)])
 
 
 def parse_api_keys(text: str) -> dict[str, SecretStr]:
@@ -100,6 +122,10 @@ class Settings(BaseSettings):
     flower_basic_auth: SecretStr | None = None
     visibility_timeout: int = Field(default=3600, ge=10)
     worker_lease_seconds: int = Field(default=30, ge=3, le=3600)
+    # how long finished jobs (and their attempts) stay in the ledger, and unnamed blobs on disk
+    job_retention: str = "14d"
+    failed_retention: str = "30d"
+    blob_retention: str = "7d"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     diagnostics: bool | None = None
     # extension: how long a task may hold a gevent worker's event loop before it is reported
@@ -137,6 +163,12 @@ class Settings(BaseSettings):
     @classmethod
     def _check_rate_limit(cls, value: str) -> str:
         parse_rate_limit(value)
+        return value
+
+    @field_validator("job_retention", "failed_retention", "blob_retention")
+    @classmethod
+    def _check_duration(cls, value: str) -> str:
+        parse_duration(value)
         return value
 
     @field_validator("api_keys")
@@ -196,6 +228,15 @@ class Settings(BaseSettings):
     def parsed_rate_limit(self) -> RateLimit | None:
         """The per-client limit, or ``None`` when ``off``."""
         return parse_rate_limit(self.rate_limit)
+
+    @property
+    def retention(self) -> RetentionPeriods:
+        """How long finished jobs and unnamed blobs are kept."""
+        return RetentionPeriods(
+            finished=parse_duration(self.job_retention),
+            failed=parse_duration(self.failed_retention),
+            blobs=parse_duration(self.blob_retention),
+        )
 
     def secret_values(self) -> list[str]:
         """Every secret string, so that log redaction can scrub it wherever it appears."""

@@ -85,7 +85,7 @@ async def readyz(services: Services) -> Response:
 
 
 def _or_empty(read: Callable[[], T], empty: Callable[[], T], what: str) -> Callable[[], T]:
-    """``read``, answering ``empty()`` (with a warning) when Redis does not."""
+    """``read``, answering ``empty()`` (with a warning) when Redis or the database does not."""
 
     def guarded() -> T:
         try:
@@ -101,7 +101,8 @@ def _or_empty(read: Callable[[], T], empty: Callable[[], T], what: str) -> Calla
     "/metrics", summary="Prometheus metrics", response_class=Response, responses=error_responses()
 )
 async def metrics(services: Services) -> Response:
-    """Prometheus text: requests, enqueued jobs, queue depths, pool fitness, refused messages."""
+    """Prometheus text: requests, enqueued jobs, queue depths, pool fitness, refused messages,
+    the ledger's jobs by status."""
     depths: Callable[[], dict[str, int]] = _or_empty(services.queue_depths, dict, "queue depths")
     fitness: Callable[[], list[FitnessCount]] = _or_empty(
         services.pool_fitness, list, "pool-fitness counters"
@@ -109,5 +110,10 @@ async def metrics(services: Services) -> Response:
     rejections: Callable[[], dict[str, int]] = _or_empty(
         services.rejected_messages, dict, "rejected-message counters"
     )
-    body = await run_in_threadpool(services.metrics.scrape, depths, fitness, rejections)
+    ledger_jobs: Callable[[], dict[str, int]] = _or_empty(
+        lambda: services.status_counts.read(None), dict, "ledger counts"
+    )
+    body = await run_in_threadpool(
+        services.metrics.scrape, depths, fitness, rejections, ledger_jobs
+    )
     return Response(body, media_type=CONTENT_TYPE)

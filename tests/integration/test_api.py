@@ -372,6 +372,12 @@ def test_probes_metrics_and_the_openapi_document(api: ApiServer) -> None:
     assert "conveyor_jobs_enqueued_total" in metrics
     assert "conveyor_http_requests_total" in metrics
     assert 'conveyor_queue_depth{queue="io"}' in metrics
+    ledger_rows = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("conveyor_ledger_jobs{status=")
+    ]
+    assert sum(ledger_rows) >= 1  # the job just enqueued, at least
     assert {"/v1/jobs", "/v1/jobs/batch", "/v1/jobs/{job_id}", "/v1/blobs"} <= set(spec["paths"])
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,11 @@ from workers.celery_app import create_app
 from workers.settings import (
     DEV_WEBHOOK_SIGNING_SECRET,
     RateLimit,
+    RetentionPeriods,
     Settings,
     SettingsError,
     load_settings,
+    parse_duration,
     parse_rate_limit,
 )
 
@@ -68,6 +71,9 @@ def test_defaults_follow_the_contract() -> None:
     assert settings.io_concurrency == 200
     assert settings.cpu_concurrency >= 1
     assert settings.visibility_timeout == 3600
+    assert settings.retention == RetentionPeriods(
+        finished=timedelta(days=14), failed=timedelta(days=30), blobs=timedelta(days=7)
+    )
     assert settings.allow_private_networks is True
     assert settings.diagnostics is True
     assert settings.webhook_signing_secret is not None
@@ -145,6 +151,9 @@ def test_prod_refuses_unsafe_settings(change: dict[str, object], variable: str, 
         ("env", "production", "CONVEYOR_ENV", "dev"),
         ("flower_basic_auth", "nopassword", "CONVEYOR_FLOWER_BASIC_AUTH", "user:password"),
         ("visibility_timeout", "abc", "CONVEYOR_VISIBILITY_TIMEOUT", "integer"),
+        ("job_retention", "14 days", "CONVEYOR_JOB_RETENTION", "such as 90s, 15m, 12h or 14d"),
+        ("failed_retention", "0d", "CONVEYOR_FAILED_RETENTION", "duration"),
+        ("blob_retention", "1w", "CONVEYOR_BLOB_RETENTION", "duration"),
     ],
 )
 def test_a_bad_value_gives_one_line_naming_the_variable(
@@ -159,6 +168,14 @@ def test_a_bad_value_gives_one_line_naming_the_variable(
     assert message.startswith(f"{variable}: "), message
     assert words in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("15m", 900), ("12h", 43200), ("14d", 1209600), (" 2D ", 172800)],
+)
+def test_retention_durations_take_one_unit(text: str, seconds: int) -> None:
+    assert parse_duration(text) == timedelta(seconds=seconds)
 
 
 def test_api_keys_parse_into_a_client_table() -> None:

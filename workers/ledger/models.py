@@ -120,6 +120,8 @@ class Job(Base):
         UniqueConstraint("client_id", "idempotency_key", name="uq_jobs_client_idempotency"),
         Index("ix_jobs_client_created", "client_id", "created_at", "id"),
         Index("ix_jobs_status_scheduled", "status", "scheduled_for"),
+        # retention: finished jobs by status, oldest first
+        Index("ix_jobs_status_finished", "status", "finished_at"),
         Index("ix_jobs_task", "task"),
         Index("ix_jobs_client_status", "client_id", "status"),
         # the outbox: only jobs still waiting to be published are in this index

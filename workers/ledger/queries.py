@@ -87,11 +87,10 @@ def document_weight(row: Mapping[Any, Any]) -> int:
     )
 
 
-def count_by_status(connection: Connection, client_id: str) -> dict[str, int]:
-    """How many of the client's jobs are in each status (statuses with none left out)."""
-    query = (
-        select(JOBS.c.status, func.count())
-        .where(JOBS.c.client_id == client_id)
-        .group_by(JOBS.c.status)
-    )
+def count_by_status(connection: Connection, client_id: str | None) -> dict[str, int]:
+    """How many of the client's jobs (every client's with ``None``) are in each status
+    (statuses with none left out)."""
+    query = select(JOBS.c.status, func.count()).group_by(JOBS.c.status)
+    if client_id is not None:
+        query = query.where(JOBS.c.client_id == client_id)
     return {status: int(count) for status, count in connection.execute(query)}
