@@ -25,7 +25,8 @@ def dev(
     logs are interleaved under a prefix per process. Ctrl-C stops everything with a warm
     shutdown: running jobs finish, queued ones stay queued.
     """
-    from conveyor.devstack.stack import StackLayout, StackStartError, run_dev_stack  # noqa: PLC0415 - loaded by this command only: every command starts faster
+    from conveyor.devstack.stack import StackLayout, run_dev_stack  # noqa: PLC0415 - loaded by this command only: every command starts faster
+    from conveyor.devstack.supervision import StackStartError  # noqa: PLC0415 - as above
 
     settings = command_settings()
     if settings.env == "prod":

@@ -135,8 +135,12 @@ def pools_table(summary: DemoSummary) -> Table:
     return table
 
 
-def summary_view(summary: DemoSummary, tally: ReceiverTally, access: StackAccess) -> RenderableType:
-    """The whole closing report."""
+def summary_view(
+    summary: DemoSummary, tally: ReceiverTally, access: StackAccess, *, serving: bool
+) -> RenderableType:
+    """The whole closing report. Flower's and the API's addresses are given only if they
+    still serve after it (``serving``): a stack the demo started stops once it is printed,
+    unless ``--keep-running``."""
     lines = [
         (
             f"{summary.total} jobs in {summary.wall_seconds:.1f} s; "
@@ -156,20 +160,21 @@ def summary_view(summary: DemoSummary, tally: ReceiverTally, access: StackAccess
             f"  {d.id}  {d.task}  {d.error} after {d.attempts} attempt(s)"
             for d in summary.dead_letter_examples(6)
         )
-    flower = (
-        f"Flower: {access.flower_url} (login {access.flower_login})"
-        if access.flower_url
-        else "Flower: the running stack's (`conveyor dev` prints its URL and login)"
-    )
-    lines.extend(
-        [
-            (
-                f"{flower} - Tasks, filtered by state FAILURE or RETRY; `conveyor dev` keeps"
-                " the stack and Flower running."
-            ),
-            f"The ledger: `conveyor jobs list --status failed`; the API: {access.api_url}/docs",
-        ]
-    )
+    if serving:
+        flower = (
+            f"Flower: {access.flower_url} (login {access.flower_login})"
+            if access.flower_url
+            else "Flower: the running stack's (`conveyor dev` prints its URL and login)"
+        )
+        lines.append(f"{flower} - Tasks, filtered by state FAILURE or RETRY.")
+        lines.append(f"The API's documentation: {access.api_url}/docs")
+    else:
+        lines.append(
+            "The stack stops now. To look at these jobs in Flower (Tasks, filtered by state"
+            " FAILURE or RETRY) and at the API's /docs, run the demo with --keep-running,"
+            " or start `conveyor dev`."
+        )
+    lines.append("The ledger: `conveyor jobs list --status failed`.")
     if access.stack_log:
         lines.append(f"Logs of every process: {access.stack_log}")
     if summary.unexpected:

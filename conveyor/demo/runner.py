@@ -16,12 +16,22 @@ from rich.console import Console
 from api_shim.client import ConveyorClient, ConveyorError
 from conveyor.demo.display import StackAccess, progress_view, summary_view
 from conveyor.demo.errors import DemoError, DemoInterruptedError
-from conveyor.demo.readiness import wait_until_ready
 from conveyor.demo.receiver import flaky_receiver
 from conveyor.demo.summary import DemoSummary, summarise
 from conveyor.demo.workload import WorkloadState, plan_workload, run_workload
-from conveyor.devstack.stack import DEV_API_KEY, StackLayout, StackStartError, running_stack
-from conveyor.devstack.supervision import ProcessGroup, free_ports, stop_requested
+from conveyor.devstack.readiness import StartInterruptedError, wait_until_serving
+from conveyor.devstack.stack import (
+    DEV_API_KEY,
+    StackLayout,
+    running_stack,
+    stack_api_secret,
+)
+from conveyor.devstack.supervision import (
+    ProcessGroup,
+    StackStartError,
+    free_ports,
+    stop_requested,
+)
 from workers.settings import Settings
 from workers.structured_logging import configure_logging
 
@@ -52,11 +62,6 @@ class DemoTarget:
     group: ProcessGroup | None
 
 
-def _first_api_key(settings: Settings) -> str:
-    keys = settings.api_key_table
-    return next(iter(keys.values())).get_secret_value() if keys else DEV_API_KEY[1]
-
-
 @contextmanager
 def demo_target(
     settings: Settings,
@@ -66,7 +71,7 @@ def demo_target(
     stop: threading.Event,
 ) -> Iterator[DemoTarget]:
     """The running API named by ``--api-url``, or a stack started for the block."""
-    api_key = options.api_key or _first_api_key(settings)
+    api_key = options.api_key or stack_api_secret(settings)
     if options.api_url is not None:
         access = StackAccess(options.api_url.rstrip("/"), None, "", None)
         console.print(
@@ -103,7 +108,12 @@ def demo_target(
             f"API {info.api_url}; Flower {info.flower_url}; retry delays x{options.retry_scale}",
             highlight=False,
         )
-        wait_until_ready(info, stack.group, stop)
+        try:
+            wait_until_serving(info, stack.group, stop, api_secret=api_key)
+        except StartInterruptedError as error:
+            raise DemoInterruptedError(str(error)) from error
+        except StackStartError as error:
+            raise DemoError(str(error)) from error
         access = StackAccess(info.api_url, info.flower_url, info.flower_login, str(log_path))
         yield DemoTarget(access, api_key, stack.group)
         console.print("Stopping the stack (warm shutdown) ...", highlight=False)
@@ -177,7 +187,9 @@ def _run_demo(
                     for job, planned in state.mismatches()
                 ],
             )
-            console.print(summary_view(summary, receiver.tally, target.access))
+            # a stack the demo started serves on only with --keep-running
+            serving = target.group is None or options.keep_running
+            console.print(summary_view(summary, receiver.tally, target.access, serving=serving))
             if options.summary_json is not None:
                 options.summary_json.write_text(
                     json.dumps(summary.as_json(), indent=2, default=str)

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import IO
 
 from conveyor.devstack.embedded_valkey import redis_answers, valkey_command
-from conveyor.devstack.supervision import ProcessGroup, free_ports, stop_requested
+from conveyor.devstack.readiness import StartInterruptedError, wait_until_serving
+from conveyor.devstack.supervision import (
+    ProcessGroup,
+    StackStartError,
+    free_ports,
+    stop_requested,
+)
+from workers.ledger.database_url import with_absolute_sqlite_path
 from workers.ledger.schema import upgrade
 from workers.settings import Settings
 
@@ -25,10 +32,6 @@ DEV_API_KEY = ("dev", "conveyor-dev-api-key")
 DEV_FLOWER_LOGIN = "conveyor:conveyor-dev-flower"
 #: Seconds the embedded Valkey may take to answer.
 VALKEY_START_TIMEOUT = 30.0
-
-
-class StackStartError(RuntimeError):
-    """A process of the stack did not come up."""
 
 
 def conveyor_command(*args: str) -> list[str]:
@@ -63,14 +66,18 @@ class DevStackInfo:
     database_url: str
 
     def lines(self) -> list[str]:
-        """The banner ``conveyor dev`` prints."""
+        """The banner ``conveyor dev`` prints once the stack serves."""
         redis_note = " (embedded Valkey)" if self.embedded_redis else ""
         return [
+            "ready: the API, Flower and both workers answer, and a job made it through each pool",
             f"API        {self.api_url}   (docs: {self.api_url}/docs)",
             f"API key    Authorization: Bearer {self.api_key}",
             f"Flower     {self.flower_url}   login {self.flower_login}",
             f"Redis      {self.redis_url}{redis_note}",
             f"Ledger     {self.database_url}",
+            "In another terminal, for `conveyor jobs`, `conveyor enqueue` and `conveyor check`:",
+            f"  export CONVEYOR_REDIS_URL={self.redis_url}",
+            f"  export CONVEYOR_DATABASE_URL={self.database_url}",
             "Ctrl-C stops everything (warm shutdown: running jobs finish, queued ones stay).",
         ]
 
@@ -83,6 +90,12 @@ def dev_overrides(settings: Settings, redis_url: str) -> dict[str, str]:
     if settings.flower_basic_auth is None:
         overrides["CONVEYOR_FLOWER_BASIC_AUTH"] = DEV_FLOWER_LOGIN
     return overrides
+
+
+def stack_api_secret(settings: Settings) -> str:
+    """A secret the stack's API accepts: the first configured one, else the dev default."""
+    keys = settings.api_key_table
+    return next(iter(keys.values())).get_secret_value() if keys else DEV_API_KEY[1]
 
 
 def describe_stack(
@@ -100,7 +113,7 @@ def describe_stack(
         flower_login=login,
         redis_url=redis_url,
         embedded_redis=embedded,
-        database_url=settings.database_url,
+        database_url=with_absolute_sqlite_path(settings.database_url),
     )
 
 
@@ -135,7 +148,8 @@ def running_stack(
 
     ``extra_settings`` are CONVEYOR_* values the stack's processes get on top of the
     environment and the dev defaults. The processes may still be starting when the
-    block begins; :class:`StackStartError` if the embedded Valkey does not answer.
+    block begins (``readiness`` waits until they serve); :class:`StackStartError` if the
+    embedded Valkey does not answer.
     """
     embedded = not redis_answers(settings.redis_url)
     (valkey_port,) = free_ports(1, besides=(layout.api_port, layout.flower_port))
@@ -147,8 +161,7 @@ def running_stack(
         if embedded:
             start_valkey(group, valkey_port, layout.state_dir / "valkey")
         upgrade(settings.database_url, "head")
-        for line in info.lines():
-            group.say("conveyor", line)
+        group.say("conveyor", "starting: Flower, the workers, beat and the API …")
         for name, command in stack_commands(layout.api_port, layout.flower_port):
             group.start(name, command)
         yield RunningStack(info, group, env)
@@ -183,11 +196,20 @@ def run_dev_stack(
     out: IO[str] | None = None,
 ) -> int:
     """Run the stack until SIGINT, SIGTERM or SIGHUP (exit code 0) or until a process dies
-    (1)."""
+    or the stack does not come up (1). The banner comes once the stack serves."""
     with (
         stop_requested() as stop,
         running_stack(settings, environment, layout, out=out) as stack,
     ):
+        try:
+            wait_until_serving(stack.info, stack.group, stop, api_secret=stack_api_secret(settings))
+        except StartInterruptedError:
+            return 0
+        except StackStartError as error:
+            stack.group.say("conveyor", f"the stack did not come up: {error}; stopping")
+            return 1
+        for line in stack.info.lines():
+            stack.group.say("conveyor", line)
         dead = stack.group.wait_until(stop)
         if dead is not None:
             stack.group.say("conveyor", f"{dead.name} stopped on its own; stopping")

@@ -21,6 +21,11 @@ from typing import IO
 
 from conveyor.devstack.parent_watch import watched_command
 
+
+class StackStartError(RuntimeError):
+    """A process of the stack did not come up."""
+
+
 #: Seconds each process gets to stop on SIGTERM before it is killed.
 STOP_GRACE = 30.0
 

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from conveyor.devstack.readiness import CANARY_KEY_PREFIX
 from tests.integration.conftest import Stack
 from tests.support.api_server import ALICE, ApiServer
 from tests.support.polling import wait_for
@@ -106,9 +107,11 @@ def run_demo(
 
 
 def ledger_rows(database: Path) -> list[dict[str, Any]]:
+    """The demo's jobs: every job but the stack's start-up canaries."""
     with sqlite3.connect(database) as connection:
         connection.row_factory = sqlite3.Row
-        return [dict(row) for row in connection.execute("SELECT * FROM jobs")]
+        rows = [dict(row) for row in connection.execute("SELECT * FROM jobs")]
+    return [r for r in rows if not (r["idempotency_key"] or "").startswith(CANARY_KEY_PREFIX)]
 
 
 def attempt_pools(database: Path) -> dict[str, set[str]]:
@@ -136,6 +139,10 @@ def test_demo_runs_both_pools_and_its_summary_matches_the_ledger(tmp_path: Path)
     assert "Every job ended as planned." in output
     assert "Jobs by task and status" in output
     assert "Pools" in output
+    # the stack stops after the summary: it sends nobody to Flower or /docs
+    assert "The stack stops now" in output
+    assert "/docs" not in output.replace("API's /docs", "")
+    assert "Flower: http" not in output
 
     summary = json.loads((tmp_path / "summary.json").read_text())
     rows = ledger_rows(tmp_path / "ledger.db")

@@ -100,16 +100,14 @@ def test_dev_serves_everything_and_stops_cleanly(
         except httpx.HTTPError:
             return False
 
-    wait_for(lambda: ready(f"{api}/readyz"), timeout=90, interval=0.5, what="the API")
+    # the banner comes once everything serves: nothing is polled for after it
+    wait_for(
+        lambda: ready(f"{api}/healthz") and "ready: " in log_path.read_text(),
+        timeout=150, interval=0.5, what="the ready banner",
+    )  # fmt: skip
+    assert httpx.get(f"{api}/readyz", timeout=5).status_code == 200
     user, password = DEV_FLOWER_LOGIN.split(":")
-
-    def flower_up() -> bool:
-        try:
-            return httpx.get(flower, timeout=2).status_code == 401
-        except httpx.HTTPError:
-            return False
-
-    wait_for(flower_up, timeout=60, interval=0.5, what="Flower")
+    assert httpx.get(flower, timeout=5).status_code == 401
     assert httpx.get(flower, auth=(user, password), timeout=5).status_code == 200
     assert httpx.get(flower, auth=(user, "wrong"), timeout=5).status_code == 401
 
@@ -127,6 +125,22 @@ def test_dev_serves_everything_and_stops_cleanly(
 
         states = wait_for(finished, timeout=60, interval=0.3, what="both jobs to succeed")
     assert [s["queue"] for s in states] == ["io", "cpu"]
+
+    # a second terminal, with what the banner says to export, finds the stack's jobs
+    exports = dict(
+        line.split("export ", 1)[1].split("=", 1)
+        for line in log_path.read_text().splitlines()
+        if "  export CONVEYOR_" in line
+    )
+    assert set(exports) == {"CONVEYOR_REDIS_URL", "CONVEYOR_DATABASE_URL"}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    for command in (["check"], ["jobs", "show", str(states[0]["id"]), "--json"]):
+        second_terminal = subprocess.run(
+            [CONVEYOR, *command], env={**clean, **exports}, cwd="/", capture_output=True,
+            text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert second_terminal.returncode == 0, second_terminal.stderr + second_terminal.stdout
+    assert '"succeeded"' in second_terminal.stdout
 
     log = log_path.read_text()
     assert "(embedded Valkey)" in log

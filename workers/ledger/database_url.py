@@ -50,3 +50,12 @@ def ensure_sqlite_directory(url: str) -> None:
     path = sqlite_file(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def with_absolute_sqlite_path(url: str) -> str:
+    """``url``, with a relative SQLite file made absolute, so that the URL names the same
+    database from any directory; other URLs as they are."""
+    path = sqlite_file(url)
+    if path is None or path.is_absolute():
+        return url
+    return make_url(url).set(database=str(path.resolve())).render_as_string(hide_password=False)
