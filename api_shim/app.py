@@ -1,7 +1,8 @@
 """The ASGI application factory of the producer API.
 
 FastAPI, for the OpenAPI document and ``/docs`` generated from the same pydantic models
-the requests are checked with; the hot paths answer with raw ``Response`` objects.
+the requests are checked with (the pages' scripts are served by the API, not a CDN); the hot
+paths answer with raw ``Response`` objects.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from api_shim.metrics import ApiMetrics
 from api_shim.request_context import RequestContextMiddleware
 from api_shim.routes import blobs, health, jobs, stats
 from api_shim.routes import catalog as catalog_routes
+from api_shim.routes.docs import add_docs_pages
 from api_shim.schemas import BatchIn, JobIn
 from api_shim.services import open_services
 from tasks.catalog import Catalog, build_catalog
@@ -51,9 +53,12 @@ def create_api(settings: Settings, catalog: Catalog | None = None) -> FastAPI:
         version=VERSION,
         description="Hand Conveyor jobs; it runs them reliably and keeps their record.",
         lifespan=lifespan,
+        docs_url=None,  # add_docs_pages serves both pages without a CDN
+        redoc_url=None,
     )
     for router in (jobs.router, stats.router, blobs.router, catalog_routes.router, health.router):
         app.include_router(router)
+    add_docs_pages(app)
     _document_request_models(app)
     app.add_exception_handler(RequestValidationError, _refuse_invalid_parameters)
     app.add_exception_handler(HTTPException, _refuse_http)
