@@ -31,18 +31,20 @@ BIN = Path(sys.executable).parent
 REDIS = "redis://127.0.0.1:6379/13"
 DATABASE = "conveyor_bench_retention"
 
-_BACKLOG = """
+_BACKLOG_JOBS = """
 INSERT INTO jobs (id, task, queue, status, args, priority, attempts, max_attempts,
                   retry_generation, attempt_base, created_at, updated_at, started_at,
                   finished_at, result)
 SELECT 'old-' || n, 'diagnostics.echo', 'io', 'succeeded', '{"value": 1}', 'normal', 1, 3,
        0, 0, now() - interval '3 days', now() - interval '3 days',
        now() - interval '3 days', now() - interval '3 days', '{"value": 1}'
-FROM generate_series(1, %(count)s) AS n;
+FROM generate_series(1, %(count)s) AS n
+"""
+_BACKLOG_ATTEMPTS = """
 INSERT INTO job_attempts (job_id, number, worker, pool, pid, outcome, started_at, finished_at)
 SELECT 'old-' || n, 1, 'io@old', 'gevent', 1, 'succeeded',
        now() - interval '3 days', now() - interval '3 days'
-FROM generate_series(1, %(count)s) AS n;
+FROM generate_series(1, %(count)s) AS n
 """
 
 
@@ -55,8 +57,12 @@ def backlog_left(database: str) -> int:
 def flow(client: Celery, rate: float, until: object) -> dict[str, float]:
     """Send at ``rate`` jobs/s until ``until()`` is true; job id → send time (Unix)."""
     sent: dict[str, float] = {}
-    started = time.monotonic()
-    while not until():  # type: ignore[operator]
+    started = checked = time.monotonic()
+    while True:
+        if time.monotonic() - checked >= 0.5:  # the check reads the ledger: twice a second
+            if until():  # type: ignore[operator]
+                break
+            checked = time.monotonic()
         due = started + len(sent) / rate
         pause = due - time.monotonic()
         if pause > 0:
@@ -125,7 +131,8 @@ def main() -> None:
     try:
         subprocess.run([str(BIN / "conveyor"), "migrate"], env=env, check=True, cwd=ROOT)
         with psycopg.connect(database) as connection:
-            connection.execute(_BACKLOG, {"count": args.backlog})
+            for statement in (_BACKLOG_JOBS, _BACKLOG_ATTEMPTS):
+                connection.execute(statement, {"count": args.backlog})
         steady_until = time.monotonic() + args.steady_seconds
         steady = run_phase(env, "14d", args.rate, lambda: time.monotonic() > steady_until)
         assert backlog_left(database) == args.backlog, "nothing is due in the steady phase"
@@ -152,7 +159,7 @@ def main() -> None:
     print(f"  {'phase':<22} {'jobs':>6} {'p50 ms':>8} {'p99 ms':>8}")
     print(f"  {'nothing to prune':<22} {len(steady):>6} {figures['steady_p50_ms']:>8} {figures['steady_p99_ms']:>8}")  # noqa: E501
     print(f"  {'pruning the backlog':<22} {len(pruning):>6} {figures['pruning_p50_ms']:>8} {figures['pruning_p99_ms']:>8}")  # noqa: E501
-    print(f"  backlog gone in {pruned_in:.1f} s; p99 ratio {figures['p99_ratio']}x (target <= 1.2x)")
+    print(f"  backlog gone in {pruned_in:.1f} s; p99 ratio {figures['p99_ratio']}x (target 1.2x)")
     print(json.dumps(figures))
 
 

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, TypeVar
 import redis
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
+from celery.result import denied_join_result
 from pydantic import JsonValue, ValidationError
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
@@ -269,7 +270,7 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
             if in_outbox:
                 # Celery records RETRY and acknowledges the message; no message is sent
                 raise Retry(exc=error, when=_now() + timedelta(seconds=delay))
-            raise self.retry(exc=error, countdown=delay)
+            raise self._retry_message(error, delay)
 
         def record_failure(connection: Connection) -> JobStatus:
             return ledger.record_failure(connection, job_id, start.attempt, error=info, now=_now())
@@ -301,7 +302,17 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
         )
         # a new message after ``delay``; the ledger is untouched, so its generation check lets
         # the later copy run
-        return self.retry(exc=error, countdown=delay, throw=False)
+        return self._retry_message(error, delay)
+
+    def _retry_message(self, error: Exception, delay: float) -> Exception:
+        """Send the message again with a countdown of ``delay`` s; the exception to raise.
+
+        Sent as a worker sends: neither subscribed to the new message's result nor added to
+        this attempt's children. Under gevent Celery would otherwise keep an ``AsyncResult``
+        per retry in greenlet-local state, and each one failed noisily when the warm shutdown
+        finalized its greenlet."""
+        with denied_join_result():
+            return self.retry(exc=error, countdown=delay, throw=False, add_to_parent=False)
 
     def _write_outcome(
         self, runtime: WorkerRuntime, write: Callable[[Connection], Outcome]

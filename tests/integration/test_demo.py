@@ -143,6 +143,9 @@ def test_demo_runs_both_pools_and_its_summary_matches_the_ledger(tmp_path: Path)
     assert "The stack stops now" in output
     assert "/docs" not in output.replace("API's /docs", "")
     assert "Flower: http" not in output
+    # the warm shutdown ends without tracebacks from any process
+    stack_log = (tmp_path / "var" / "demo" / "stack.log").read_text()
+    assert "Exception ignored" not in stack_log
 
     summary = json.loads((tmp_path / "summary.json").read_text())
     rows = ledger_rows(tmp_path / "ledger.db")
