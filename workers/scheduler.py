@@ -110,6 +110,7 @@ class Scheduler:
                     "schedule": row["name"],
                     "client_id": row["client_id"],
                     "missed_ticks": firing.missed,
+                    "tick": timestamp(firing.tick),
                 },
             )
         return firing
