@@ -26,6 +26,7 @@ JOB_FIELDS = (
     "next_retry_at",
     "result",
     "error",
+    "schedule",
 )
 SCHEDULE_FIELDS = (
     "name",
