@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterError, croniter
@@ -20,8 +21,9 @@ from croniter import CroniterError, croniter
 MAX_EVERY_SECONDS = 365 * 24 * 3600
 MAX_CRON_LENGTH = 200
 _HOUR_FIELD = 1  # croniter's index of the hour, whatever the expression's length
-#: Coalesced cron ticks are counted (for the log) up to this many.
-MISSED_COUNTED_AT_MOST = 10_000
+#: Coalesced cron ticks are counted (for the log) up to this many: counting costs CPU time
+#: in the loop that relays and fires, an event loop's in a gevent worker.
+MISSED_COUNTED_AT_MOST = 1000
 # a run of consecutive repeated wall times to step over can only be an hour long or so
 _MAX_SKIPS = 7200
 
@@ -117,10 +119,12 @@ class Timing:
         """How many ticks fall from ``first`` (a tick) up to ``end`` excluded, counted up
         to :data:`MISSED_COUNTED_AT_MOST`."""
         count = 0
+        iterator = self._iterator(_whole_second(first))
         moment = first
         while moment < end and count < MISSED_COUNTED_AT_MOST:
-            count += 1
-            moment = self._cron_after(moment)
+            if not self._repeated(moment):
+                count += 1
+            moment = iterator.get_next(datetime).astimezone(UTC)
         return count
 
     def _iterator(self, start: datetime) -> croniter:
@@ -128,17 +132,17 @@ class Timing:
         return croniter(self.cron, start.astimezone(zone), second_at_beginning=True)
 
     def _cron_after(self, moment: datetime) -> datetime:
-        iterator = self._iterator(_whole_second(moment))
-        for _ in range(_MAX_SKIPS):
-            tick: datetime = iterator.get_next(datetime)
-            if not self._repeated(tick):
-                return tick.astimezone(UTC)
-        raise ScheduleTimingError("cron", "no tick found")
+        return self._cron_step(moment, forward=True)
 
     def _cron_before(self, moment: datetime) -> datetime:
+        return self._cron_step(moment, forward=False)
+
+    def _cron_step(self, moment: datetime, *, forward: bool) -> datetime:
+        """The first tick strictly after (or before) ``moment``, in UTC."""
         iterator = self._iterator(_whole_second(moment))
+        step = iterator.get_next if forward else iterator.get_prev
         for _ in range(_MAX_SKIPS):
-            tick: datetime = iterator.get_prev(datetime)
+            tick: datetime = step(datetime)
             if not self._repeated(tick):
                 return tick.astimezone(UTC)
         raise ScheduleTimingError("cron", "no tick found")
@@ -146,7 +150,7 @@ class Timing:
     def _repeated(self, tick: datetime) -> bool:
         """Whether ``tick`` is the second occurrence of a wall time clocks went back over,
         for an expression that names its hours (one that runs every hour ticks in both)."""
-        if self._hour_is_wildcard():
+        if self._hour_is_wildcard:
             return False
         zone = time_zone(self.timezone)
         wall = tick.astimezone(zone).replace(tzinfo=None)
@@ -156,6 +160,7 @@ class Timing:
         # one, fold=1 reads it with the offset after the gap, an earlier instant
         return second > first and tick.astimezone(UTC) == second
 
+    @cached_property
     def _hour_is_wildcard(self) -> bool:
         expanded = croniter(self.cron, second_at_beginning=True).expanded
         return bool(expanded[_HOUR_FIELD] == ["*"])

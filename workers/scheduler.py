@@ -26,7 +26,7 @@ from tasks.catalog import Catalog
 from workers.enqueue import Enqueuer, JobRequest
 from workers.ledger import schedules
 from workers.ledger.documents import timestamp
-from workers.schedule_timing import Firing, ScheduleTimingError
+from workers.schedule_timing import MISSED_COUNTED_AT_MOST, Firing, ScheduleTimingError
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +102,10 @@ class Scheduler:
             return None
         if firing.missed:
             logger.info(
-                "schedule %s: %d missed ticks coalesced into the tick of %s",
+                "schedule %s: %d%s missed ticks coalesced into the tick of %s",
                 row["name"],
                 firing.missed,
+                " or more" if firing.missed >= MISSED_COUNTED_AT_MOST else "",
                 timestamp(firing.tick),
                 extra={
                     "schedule": row["name"],

@@ -43,6 +43,15 @@ def _document(connection: Connection, client_id: str, row: Mapping[str, Any]) ->
     return schedule_document(row, latest[row["name"]])
 
 
+def _found(
+    connection: Connection, client_id: str, name: str, row: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The document of the client's schedule ``name`` read as ``row``; 404 if there is none."""
+    if row is None:
+        raise _missing(name)
+    return _document(connection, client_id, row)
+
+
 def _missing(name: str) -> errors.ApiError:
     return errors.not_found(f"no schedule {name}")
 
@@ -107,9 +116,7 @@ async def get_schedule(name: ScheduleName, client_id: Client, services: Services
     def read() -> dict[str, Any]:
         with services.engine.connect() as connection:
             row = schedules.get_schedule(connection, client_id, name)
-            if row is None:
-                raise _missing(name)
-            return _document(connection, client_id, row)
+            return _found(connection, client_id, name, row)
 
     return json_response(await run_in_threadpool(read), 200)
 
@@ -138,12 +145,9 @@ async def _set_paused(
 ) -> Response:
     def write() -> dict[str, Any]:
         with services.engine.begin() as connection:
-            row = schedules.set_paused(
-                connection, client_id, name, paused=paused, now=datetime.now(UTC)
-            )
-            if row is None:
-                raise _missing(name)
-            return _document(connection, client_id, row)
+            now = datetime.now(UTC)
+            row = schedules.set_paused(connection, client_id, name, paused=paused, now=now)
+            return _found(connection, client_id, name, row)
 
     return json_response(await run_in_threadpool(write), 200)
 

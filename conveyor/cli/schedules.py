@@ -15,8 +15,8 @@ from sqlalchemy import Connection
 
 from api_shim.intake import JobIntake, JobRefusedError
 from conveyor.cli.context import (
-    EXIT_CODES_HELP,
     ExitCode,
+    command_group,
     command_settings,
     ledger_access,
     print_json,
@@ -30,11 +30,8 @@ from workers.ledger.documents import schedule_document
 from workers.ledger.models import is_schedule_name
 from workers.schedule_timing import MAX_EVERY_SECONDS
 
-schedules_cli = typer.Typer(
-    name="schedules",
-    help="Periodic jobs of the client `cli`: list, set, delete, pause and resume.",
-    epilog=EXIT_CODES_HELP,
-    no_args_is_help=True,
+schedules_cli = command_group(
+    "schedules", "Periodic jobs of the client `cli`: list, set, delete, pause and resume."
 )
 
 Name = Annotated[

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,41 +15,24 @@ import pytest
 import redis
 from sqlalchemy import Engine, select
 
-from tests.conftest import database_name, empty_redis_database, xdist_index
 from tests.support.api_server import running_beat
-from tests.support.embedded_services import RunServices
 from tests.support.polling import wait_for
-from tests.support.postgres_databases import PostgresServer
 from tests.support.workers import worker_environment
 from workers.broker import queue_keys
 from workers.ledger import schedules
 from workers.ledger.database import create_ledger_engine
-from workers.ledger.models import JOBS
+from workers.ledger.models import JOBS, SCHEDULES
 from workers.ledger.schedules import ScheduleSpec
 from workers.schedule_timing import Timing
 
 #: How long the two schedulers run side by side.
 WINDOW = timedelta(seconds=60)
 CLIENT = "alice"
-SCHEDULES = {
+TIMINGS = {
     # a seconds field: a tick every 2 s, read by croniter
     "even-seconds": (Timing(cron="*/2 * * * * *"), timedelta(seconds=2)),
     "every-3s": (Timing(every_seconds=3), timedelta(seconds=3)),
 }
-
-
-@pytest.fixture
-def ledger_url(
-    postgres_server: PostgresServer, services: RunServices, worker_id: str
-) -> Iterator[str]:
-    with postgres_server.migrated_database(database_name(services, worker_id, "ticks")) as url:
-        yield url
-
-
-@pytest.fixture
-def broker_url(services: RunServices, worker_id: str) -> Iterator[str]:
-    with empty_redis_database(services.redis_url, 9 + xdist_index(worker_id)) as url:
-        yield url
 
 
 def published_ids(broker_url: str) -> Counter[str]:
@@ -86,20 +68,24 @@ def ticks_of(engine: Engine, name: str) -> list[datetime]:
 
 @pytest.mark.timeout(240)
 def test_two_schedulers_make_exactly_one_job_per_tick(
-    ledger_url: str, broker_url: str, tmp_path: Path
+    quiet_ledger_url: str, quiet_redis_url: str, tmp_path: Path
 ) -> None:
+    ledger_url, broker_url = quiet_ledger_url, quiet_redis_url
     env = worker_environment(
         env="test", redis_url=broker_url, database_url=ledger_url, log_level="INFO",
         storage_dir=str(tmp_path / "blobs"), visibility_timeout="300",
     )  # fmt: skip
     engine = create_ledger_engine(ledger_url, pool_size=2)
+    with engine.begin() as connection:  # the ledger is the session's: start from nothing
+        connection.execute(SCHEDULES.delete())
+        connection.execute(JOBS.delete())
     logs = [tmp_path / "beat-1.log", tmp_path / "beat-2.log"]
     with (
         running_beat(env, logs[0], "--schedule", str(tmp_path / "beat-1")),
         running_beat(env, logs[1], "--schedule", str(tmp_path / "beat-2")),
     ):
         with engine.begin() as connection:
-            for name, (timing, _period) in SCHEDULES.items():
+            for name, (timing, _period) in TIMINGS.items():
                 spec = ScheduleSpec(name, "diagnostics.echo", {"value": name}, timing)
                 schedules.put_schedule(connection, CLIENT, spec, datetime.now(UTC))
         first = wait_for(
@@ -108,21 +94,21 @@ def test_two_schedulers_make_exactly_one_job_per_tick(
         wait_for(
             lambda: all(
                 ticks and ticks[-1] >= first + WINDOW
-                for ticks in (ticks_of(engine, name) for name in SCHEDULES)
+                for ticks in (ticks_of(engine, name) for name in TIMINGS)
             ),
             timeout=WINDOW.total_seconds() + 90,
             interval=0.5,
             what=f"{WINDOW.total_seconds():g} s of ticks",
         )
         with engine.begin() as connection:
-            for name in SCHEDULES:
+            for name in TIMINGS:
                 schedules.set_paused(connection, CLIENT, name, paused=True, now=datetime.now(UTC))
 
     with engine.connect() as connection:
         jobs = [dict(row) for row in connection.execute(select(JOBS)).mappings()]
     engine.dispose()
     published = published_ids(broker_url)
-    for name, (_timing, period) in SCHEDULES.items():
+    for name, (_timing, period) in TIMINGS.items():
         mine = [job for job in jobs if job["schedule"] == name]
         ticks = sorted(job["scheduled_for"] for job in mine)
         span = int((ticks[-1] - ticks[0]) / period) + 1

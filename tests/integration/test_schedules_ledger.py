@@ -16,9 +16,6 @@ import redis
 from sqlalchemy import Engine, select
 
 from tasks.catalog import build_catalog
-from tests.conftest import database_name, empty_redis_database, xdist_index
-from tests.support.embedded_services import RunServices
-from tests.support.postgres_databases import PostgresServer
 from workers.broker import Publisher
 from workers.enqueue import Enqueuer
 from workers.ledger import schedules
@@ -42,19 +39,11 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(scope="module")
-def postgres_schedules_url(
-    postgres_server: PostgresServer, services: RunServices, worker_id: str
-) -> Iterator[str]:
-    with postgres_server.migrated_database(database_name(services, worker_id, "sched")) as url:
-        yield url
-
-
 @pytest.fixture(params=["postgresql", "sqlite"])
 def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     """An empty ledger of this module's own on each backend in turn."""
     if request.param == "postgresql":
-        url = request.getfixturevalue("postgres_schedules_url")
+        url = request.getfixturevalue("quiet_ledger_url")
     else:
         url = request.getfixturevalue("sqlite_url")
     engine = create_ledger_engine(url, pool_size=2)
@@ -66,12 +55,10 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def broker(services: RunServices, worker_id: str) -> Iterator[redis.Redis]:
-    """A Redis database apart from the session workers' (12, 13, …), emptied per test."""
-    with empty_redis_database(services.redis_url, 12 + xdist_index(worker_id)) as url:
-        client = redis.Redis.from_url(url)
-        yield client
-        client.close()
+def broker(quiet_redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(quiet_redis_url)
+    yield client
+    client.close()
 
 
 @pytest.fixture
