@@ -21,10 +21,10 @@ from api_shim import errors
 from api_shim.intake import location
 from api_shim.metrics import ApiMetrics
 from api_shim.request_context import RequestContextMiddleware
-from api_shim.routes import blobs, health, jobs, stats
+from api_shim.routes import blobs, health, jobs, schedules, stats
 from api_shim.routes import catalog as catalog_routes
 from api_shim.routes.docs import add_docs_pages
-from api_shim.schemas import BatchIn, JobIn
+from api_shim.schemas import BatchIn, JobIn, ScheduleIn
 from api_shim.services import open_services
 from tasks.catalog import Catalog, build_catalog
 from workers.settings import Settings, get_settings
@@ -56,7 +56,15 @@ def create_api(settings: Settings, catalog: Catalog | None = None) -> FastAPI:
         docs_url=None,  # add_docs_pages serves both pages without a CDN
         redoc_url=None,
     )
-    for router in (jobs.router, stats.router, blobs.router, catalog_routes.router, health.router):
+    routers = (
+        jobs.router,
+        schedules.router,
+        stats.router,
+        blobs.router,
+        catalog_routes.router,
+        health.router,
+    )
+    for router in routers:
         app.include_router(router)
     add_docs_pages(app)
     _document_request_models(app)
@@ -72,10 +80,10 @@ def create_api(settings: Settings, catalog: Catalog | None = None) -> FastAPI:
 
 
 def _document_request_models(app: FastAPI) -> None:
-    """Put the job request models into the OpenAPI components the routes refer to.
+    """Put the request models into the OpenAPI components the routes refer to.
 
-    The job routes read their bodies with the strict JSON reader instead of a FastAPI body
-    parameter, so FastAPI does not list these models by itself.
+    The job and schedule routes read their bodies with the strict JSON reader instead of a
+    FastAPI body parameter, so FastAPI does not list these models by itself.
     """
     build_document = app.openapi
 
@@ -84,7 +92,7 @@ def _document_request_models(app: FastAPI) -> None:
             return app.openapi_schema
         spec = build_document()
         schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-        for model in (JobIn, BatchIn):
+        for model in (JobIn, BatchIn, ScheduleIn):
             schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(schema.pop("$defs", {}))
             schemas[model.__name__] = schema

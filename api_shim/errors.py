@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from starlette.responses import Response
@@ -106,6 +107,15 @@ def job_refused(refusal: JobRefusedError) -> ApiError:
     else:
         message = refusal.message
     return ApiError(422, refusal.reason.value, message, details=refusal.details)
+
+
+@contextlib.contextmanager
+def intake_refusals() -> Iterator[None]:
+    """Turn the intake's refusal (of a job or a schedule) into the API's 422."""
+    try:
+        yield
+    except JobRefusedError as refusal:
+        raise job_refused(refusal) from None
 
 
 def rate_limited(headers: Mapping[str, str]) -> ApiError:

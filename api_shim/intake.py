@@ -1,5 +1,7 @@
 """The one intake of jobs: a request checked against the catalog, scheduled and fingerprinted.
 
+Schedules come in here too: a schedule's task and arguments are checked as a job's.
+
 The HTTP API and ``conveyor enqueue`` both turn what they were given into a
 :class:`workers.enqueue.Submission` here, then record and publish it with
 :class:`workers.enqueue.Enqueuer`. A request that cannot become a job raises
@@ -22,9 +24,11 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from api_shim.schemas import MAX_DELAY_SECONDS, BatchIn, JobIn
-from tasks.catalog import Catalog
+from api_shim.schemas import MAX_DELAY_SECONDS, BatchIn, JobIn, ScheduleIn
+from tasks.catalog import Catalog, TaskSpec
 from workers.enqueue import JobRequest, Submission
+from workers.ledger.schedules import ScheduleSpec
+from workers.schedule_timing import ScheduleTimingError, Timing
 
 _MAX_DETAILS = 20
 M = TypeVar("M", bound=BaseModel)
@@ -150,17 +154,44 @@ class JobIntake:
         except ValidationError as error:
             raise _invalid(error, prefix) from None
 
+    def schedule(self, document: Any, *, name: str) -> ScheduleSpec:
+        """A schedule document: its task and arguments checked as a job's are, its timing
+        (cron expression, period, time zone) as a schedule's."""
+        schedule = self._model(ScheduleIn, document, ())
+        spec = self._checked_task(schedule.task, schedule.args, ())
+        try:
+            timing = Timing(
+                cron=schedule.cron, every_seconds=schedule.every_seconds, timezone=schedule.timezone
+            )
+        except ScheduleTimingError as error:
+            raise JobRefusedError(RefusalReason.INVALID, error.field, error.problem) from None
+        return ScheduleSpec(
+            name=name,
+            task=spec.name,
+            args=dict(schedule.args),
+            timing=timing,
+            priority=schedule.priority,
+            paused=schedule.paused,
+        )
+
+    def _checked_task(
+        self, task: str, args: Mapping[str, Any], prefix: Sequence[int | str]
+    ) -> TaskSpec:
+        """The catalog entry of ``task``, once ``args`` are valid arguments for it."""
+        spec = self._catalog.get(task)
+        if spec is None:
+            where = location([*prefix, "task"])
+            raise JobRefusedError(RefusalReason.UNKNOWN_TASK, where, f"unknown task {task!r}")
+        try:
+            spec.arguments.model_validate(args)
+        except ValidationError as error:
+            raise _invalid(error, [*prefix, "args"]) from None
+        return spec
+
     def _prepare(
         self, job: JobIn, prefix: Sequence[int | str], client_id: str, request_id: str
     ) -> JobRequest:
-        spec = self._catalog.get(job.task)
-        if spec is None:
-            where = location([*prefix, "task"])
-            raise JobRefusedError(RefusalReason.UNKNOWN_TASK, where, f"unknown task {job.task!r}")
-        try:
-            spec.arguments.model_validate(job.args)
-        except ValidationError as error:
-            raise _invalid(error, [*prefix, "args"]) from None
+        spec = self._checked_task(job.task, job.args, prefix)
         return JobRequest(
             job_id=self._ids.new(),
             client_id=client_id,

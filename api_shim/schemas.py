@@ -19,6 +19,7 @@ from pydantic import (
 
 from workers.broker import Priority
 from workers.ledger.models import PRINTABLE_ASCII
+from workers.schedule_timing import MAX_CRON_LENGTH, MAX_EVERY_SECONDS
 
 MAX_BATCH = 1000
 MAX_DELAY_SECONDS = 30 * 24 * 3600
@@ -70,6 +71,33 @@ class BatchIn(BaseModel):
     jobs: list[JobIn] = Field(min_length=1, max_length=MAX_BATCH)
 
 
+class ScheduleIn(BaseModel):
+    """A periodic job: what each tick enqueues, and when ticks fall (``cron`` or
+    ``every_seconds``, exactly one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(min_length=1, max_length=200, examples=["diagnostics.echo"])
+    args: dict[str, JsonValue] = Field(default_factory=dict, examples=[{"value": "tick"}])
+    cron: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_CRON_LENGTH,
+        description="5 fields (minute hour day month weekday), or 6 with the seconds first",
+        examples=["*/5 * * * *"],
+    )
+    every_seconds: int | None = Field(default=None, ge=1, le=MAX_EVERY_SECONDS, strict=True)
+    timezone: str = Field(
+        default="UTC",
+        min_length=1,
+        max_length=64,
+        description="the IANA time zone the cron expression is read in",
+        examples=["Europe/Berlin"],
+    )
+    priority: Priority = "normal"
+    paused: bool = Field(default=False, strict=True)
+
+
 class ErrorOut(BaseModel):
     """The ``error`` object of a failed job."""
 
@@ -112,6 +140,7 @@ class JobOut(BaseModel):
     next_retry_at: datetime | None
     result: Any
     error: ErrorOut | None
+    schedule: str | None = Field(description="the schedule whose tick made the job, if any")
     history: list[AttemptOut] | None = None
 
 
@@ -120,6 +149,30 @@ class JobListOut(BaseModel):
 
     items: list[JobOut]
     next_cursor: str | None
+
+
+class ScheduleOut(BaseModel):
+    """A schedule, its next and latest ticks, and its latest jobs' ids (newest first)."""
+
+    name: str
+    task: str
+    args: dict[str, Any]
+    cron: str | None
+    every_seconds: int | None
+    timezone: str
+    priority: Priority
+    paused: bool
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    latest_jobs: list[str]
+    created_at: datetime
+    updated_at: datetime
+
+
+class ScheduleListOut(BaseModel):
+    """The calling client's schedules, by name."""
+
+    items: list[ScheduleOut]
 
 
 class BatchOut(BaseModel):

@@ -23,12 +23,14 @@ from workers.relay import (
     RELAY_INTERVAL_SECONDS,
     RELAY_TASK,
     RelayLoop,
+    fire_schedules,
     reconcile,
     register_relay,
     relay_outbox,
     retain,
 )
 from workers.runtime import ConveyorCelery, WorkerRuntime, pool_name_of
+from workers.scheduler import Scheduler
 from workers.settings import Settings, SettingsError
 from workers.structured_logging import configure_logging, log_context
 
@@ -143,6 +145,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> ConveyorCe
         poison_error=lambda: poison_error().as_json(),
         on_poisoned=lambda job_id, error: _mirror_failure(app, job_id, error),
     )
+    runtime.scheduler = Scheduler(lambda: runtime.engine, lambda: runtime.enqueuer, catalog)
     app.message_judge = MessageJudge(frozenset(catalog), internal_tasks=frozenset({RELAY_TASK}))
     register_relay(app)
     _connect_worker_signals(app)
@@ -218,6 +221,7 @@ def _connect_worker_signals(app: ConveyorCelery) -> None:
 
             def housekeeping() -> None:
                 children.check(list(sender.pool.info.get("processes", [])))
+                fire_schedules(runtime)
                 relay_outbox(runtime)
                 reconcile(runtime)
                 retain(runtime)

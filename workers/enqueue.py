@@ -53,6 +53,7 @@ class JobRequest:
     idempotency_key: str | None = None
     request_id: str | None = None
     scheduled_for: datetime | None = None
+    schedule: str | None = None  # the client's schedule whose tick this job is
 
     def row(self, now: datetime, publish_after: datetime) -> dict[str, Any]:
         """The ``jobs`` row to insert."""
@@ -81,6 +82,7 @@ class JobRequest:
             "error": None,
             "publish_after": publish_after,
             "published_at": None,
+            "schedule": self.schedule,
         }
 
     def dispatch(self) -> Dispatch:
@@ -172,6 +174,17 @@ class Enqueuer:
             if not replayed and self._due_now(job, now)
         ]
         return Recorded(answers, self.publish(due))
+
+    def record(self, connection: Connection, jobs: Sequence[JobRequest]) -> set[str]:
+        """Record ``jobs`` in the caller's transaction; the ids inserted.
+
+        A job whose idempotency key its client has used already is skipped. Once the
+        transaction has committed, the caller publishes the inserted jobs
+        (:meth:`publish_recorded`); if it cannot, the relay does after the grace period.
+        """
+        now = self._clock()
+        rows = [job.row(now, self._publish_after(job, now)) for job in jobs]
+        return outbox.insert_new_jobs(connection, rows)
 
     def publish_recorded(self, dispatches: Sequence[Dispatch]) -> bool:
         """Publish jobs already in the ledger and take them out of the outbox.

@@ -1,7 +1,8 @@
 """The outbox relay: publishes jobs the producer could not, and delayed jobs once due.
 
-The same loop runs the reconciler, which puts back the jobs of dead worker processes, and takes
-a step of retention (:mod:`workers.retention`).
+The same loop fires due schedules first (:mod:`workers.scheduler`), runs the reconciler, which
+puts back the jobs of dead worker processes, and takes a step of retention
+(:mod:`workers.retention`).
 
 It picks up jobs whose delay is over, jobs recorded while Redis was down, and jobs whose
 producer died between commit and publish; and, every ten runs, jobs the ledger says were
@@ -59,6 +60,24 @@ def relay_outbox(runtime: WorkerRuntime) -> int:
     return published
 
 
+def fire_schedules(runtime: WorkerRuntime) -> int:
+    """Make the jobs of the schedules due now; how many. A failure is logged, not raised."""
+    if runtime.scheduler is None:
+        return 0
+    try:
+        fired = runtime.scheduler.fire_due()
+    except (redis.RedisError, SQLAlchemyError) as error:
+        logger.warning("schedules could not fire", extra={"reason": str(error)})
+        return 0
+    except Exception:
+        # a bug must not end the loop that also relays and reconciles
+        logger.exception("schedules could not fire")
+        return 0
+    if fired:
+        logger.info("schedules fired %d jobs", fired, extra={"jobs": fired})
+    return fired
+
+
 def republish_lost(runtime: WorkerRuntime) -> int:
     """Publish again the waiting jobs whose messages Redis lost; a failure is logged."""
     try:
@@ -83,7 +102,8 @@ def retain(runtime: WorkerRuntime) -> None:
 
 
 class RelayLoop:
-    """Runs :func:`relay_outbox` and :func:`reconcile` every ``interval`` seconds until stopped.
+    """Runs :func:`fire_schedules`, :func:`relay_outbox`, :func:`reconcile` and :func:`retain` every
+    ``interval`` seconds until stopped.
 
     In a gevent worker the thread is a greenlet (threading is patched), and the relay's
     database and Redis calls yield like any task's.
@@ -107,6 +127,7 @@ class RelayLoop:
     def _run(self) -> None:
         runs = 0
         while not self._stop.wait(self._interval):
+            fire_schedules(self._runtime)
             relay_outbox(self._runtime)
             reconcile(self._runtime)
             retain(self._runtime)

@@ -26,6 +26,7 @@ from workers.ledger.database_url import ensure_sqlite_directory
 from workers.message_judge import MessageJudge
 from workers.process_resources import ProcessResources
 from workers.retention import Retention
+from workers.scheduler import Scheduler
 from workers.settings import Settings
 
 # connections a prefork child needs: one task at a time, one the task may hold itself, and
@@ -65,6 +66,7 @@ class WorkerRuntime:
         self.jobs_in_progress: dict[str, bool] = {}
         self.lease_keeper: LeaseKeeper | None = None
         self.reconciler: Reconciler | None = None
+        self.scheduler: Scheduler | None = None
         self._engine: Engine | None = None
         self._autocommit: Engine | None = None
         self._pid: int | None = None

@@ -76,6 +76,7 @@ class Job:
     error: JobError | None
     history: tuple[Attempt, ...] | None = None
     replayed: bool = False
+    schedule: str | None = None  # the schedule whose tick made the job
 
     @property
     def finished(self) -> bool:

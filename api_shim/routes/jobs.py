@@ -19,7 +19,6 @@ from starlette.concurrency import run_in_threadpool
 
 from api_shim import errors
 from api_shim.dependencies import Client, Services, json_document
-from api_shim.intake import JobRefusedError
 from api_shim.json_response import MEDIA_TYPE, json_response
 from api_shim.schemas import (
     BatchIn,
@@ -36,7 +35,14 @@ from workers.enqueue import Accepted, Conflict
 from workers.ledger import operator_actions, queries
 from workers.ledger.database import session_scope
 from workers.ledger.documents import job_document, job_row, job_with_history, jobs_documents
-from workers.ledger.models import JOB_ID_MAX_LENGTH, PRINTABLE_ASCII, Job, is_job_id
+from workers.ledger.models import (
+    JOB_ID_MAX_LENGTH,
+    PRINTABLE_ASCII,
+    SCHEDULE_NAME_MAX_LENGTH,
+    SCHEDULE_NAME_PATTERN,
+    Job,
+    is_job_id,
+)
 
 logger = logging.getLogger("api_shim")
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -80,7 +86,7 @@ def _conflict(outcome: Conflict, *, batch: bool) -> errors.ApiError:
 async def create_job(request: Request, client_id: Client, services: Services) -> Response:
     """Record the job, queue it, answer ``202`` with it (``200`` on an idempotent replay)."""
     document = await json_document(request)
-    with _intake_refusals():
+    with errors.intake_refusals():
         submission = services.intake.single(
             document,
             client_id=client_id,
@@ -112,7 +118,7 @@ async def create_jobs(request: Request, client_id: Client, services: Services) -
             "Idempotency-Key applies to POST /v1/jobs; give each batch item an idempotency_key"
         )
     document = await json_document(request)
-    with _intake_refusals():
+    with errors.intake_refusals():
         submission = services.intake.batch(
             document, client_id=client_id, request_id=request.state.request_id
         )
@@ -131,15 +137,6 @@ async def create_jobs(request: Request, client_id: Client, services: Services) -
 async def batch_with_another_method() -> Response:
     """``/v1/jobs/batch`` takes only POST: it is never read as the id of a job to get."""
     raise errors.method_not_allowed(["POST"])
-
-
-@contextlib.contextmanager
-def _intake_refusals() -> Iterator[None]:
-    """Turn the intake's refusal into the API's 422."""
-    try:
-        yield
-    except JobRefusedError as refusal:
-        raise errors.job_refused(refusal) from None
 
 
 @contextlib.contextmanager
@@ -214,6 +211,14 @@ async def list_jobs(  # noqa: PLR0917 - FastAPI passes query parameters by name
     task: Annotated[
         str | None, Query(max_length=200, pattern=PRINTABLE_ASCII, description="Only this task")
     ] = None,
+    schedule: Annotated[
+        str | None,
+        Query(
+            max_length=SCHEDULE_NAME_MAX_LENGTH,
+            pattern=SCHEDULE_NAME_PATTERN,
+            description="Only the jobs of this schedule of the client's",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Response:
@@ -228,6 +233,7 @@ async def list_jobs(  # noqa: PLR0917 - FastAPI passes query parameters by name
                 limit=limit,
                 status=status,
                 task=task,
+                schedule=schedule,
                 after=after,
                 max_bytes=PAGE_MAX_BYTES,
             )

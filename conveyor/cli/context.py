@@ -47,6 +47,11 @@ class ExitCode(IntEnum):
     CONFLICT = 4  # the job's state forbids the operation
 
 
+def command_group(name: str, help_text: str) -> typer.Typer:
+    """A group of subcommands (``conveyor NAME …``) whose help ends with the exit codes."""
+    return typer.Typer(name=name, help=help_text, epilog=EXIT_CODES_HELP, no_args_is_help=True)
+
+
 def refuse(code: ExitCode, message: str) -> NoReturn:
     """Print ``conveyor: message`` on stderr and exit with ``code``."""
     typer.echo(f"conveyor: {message}", err=True)

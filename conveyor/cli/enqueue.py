@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -52,14 +53,19 @@ def parse_args_option(text: str) -> dict[str, Any]:
     return document
 
 
-def refusal_line(refusal: JobRefusedError, catalog: Catalog) -> str:
-    """The intake's refusal in the command line's words: the option that set the field."""
+def refusal_line(
+    refusal: JobRefusedError,
+    catalog: Catalog,
+    options: Mapping[str, str] = _OPTION_OF_FIELD,
+) -> str:
+    """The intake's refusal in the command line's words: the option (of ``options``, by
+    field) that set the field."""
     if refusal.reason is RefusalReason.UNKNOWN_TASK:
         return f"{refusal.problem}; the catalog has: {', '.join(sorted(catalog))}"
     field = re.split(r"[.\[]", refusal.location, maxsplit=1)[0]
     if field == "args":
         return f"invalid arguments: {refusal.message}"
-    option = _OPTION_OF_FIELD.get(field)
+    option = options.get(field)
     if option is None:
         return refusal.message
     more = f" (and {refusal.more} more)" if refusal.more else ""

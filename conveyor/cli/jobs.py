@@ -14,8 +14,8 @@ from typing import Annotated, Any
 import typer
 
 from conveyor.cli.context import (
-    EXIT_CODES_HELP,
     ExitCode,
+    command_group,
     command_settings,
     ledger_access,
     print_json,
@@ -26,11 +26,8 @@ from workers.ledger.database import session_scope
 from workers.ledger.documents import job_document, job_row, job_with_history
 from workers.ledger.models import JobStatus, is_job_id
 
-jobs_cli = typer.Typer(
-    name="jobs",
-    help="Ledger and dead-letter operations on every client's jobs (an operator's tool).",
-    epilog=EXIT_CODES_HELP,
-    no_args_is_help=True,
+jobs_cli = command_group(
+    "jobs", "Ledger and dead-letter operations on every client's jobs (an operator's tool)."
 )
 
 JobId = Annotated[str, typer.Argument(metavar="ID", help="the job id", show_default=False)]

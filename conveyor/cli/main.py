@@ -11,6 +11,7 @@ from conveyor.cli.flower import flower
 from conveyor.cli.jobs import jobs_cli
 from conveyor.cli.local_stack import demo, dev
 from conveyor.cli.processes import api, beat, migrate, worker
+from conveyor.cli.schedules import schedules_cli
 
 cli = typer.Typer(
     name="conveyor",
@@ -28,6 +29,7 @@ cli.command(context_settings=_PASS_THROUGH)(beat)
 for command in (api, migrate, check, enqueue, dev, demo):
     cli.command()(command)
 cli.add_typer(jobs_cli)
+cli.add_typer(schedules_cli)
 cli.command()(flower)
 
 

@@ -14,8 +14,11 @@ from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from tests.conftest import database_name, empty_redis_database, xdist_index
 from tests.support.api_server import API_KEYS, ApiServer, running_api, running_beat
+from tests.support.embedded_services import RunServices
 from tests.support.ledger_reads import LedgerReader
+from tests.support.postgres_databases import PostgresServer
 from tests.support.processes import ServiceProcess
 from tests.support.workers import WorkerProcess, running_worker, worker_environment
 from workers.ledger.database import create_ledger_engine, create_session_factory
@@ -119,6 +122,23 @@ def beat(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
     logs = tmp_path_factory.mktemp("beat-logs")
     with running_beat(stack.env, logs / "beat.log") as process:
         yield process
+
+
+@pytest.fixture(scope="session")
+def quiet_ledger_url(
+    postgres_server: PostgresServer, services: RunServices, worker_id: str
+) -> Iterator[str]:
+    """A migrated PostgreSQL ledger no worker of the session reads: a schedule due in it
+    fires only when a test fires it."""
+    with postgres_server.migrated_database(database_name(services, worker_id, "quiet")) as url:
+        yield url
+
+
+@pytest.fixture
+def quiet_redis_url(services: RunServices, worker_id: str) -> Iterator[str]:
+    """A Redis database apart from the session workers' (9, 10, …), emptied per test."""
+    with empty_redis_database(services.redis_url, 9 + xdist_index(worker_id)) as url:
+        yield url
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

@@ -62,7 +62,7 @@ def test_a_job_is_accepted_run_in_its_pool_and_shown_with_its_history(api: ApiSe
         assert set(job) == {
             "id", "task", "queue", "status", "args", "priority", "attempts", "max_attempts",
             "idempotency_key", "request_id", "created_at", "scheduled_for", "started_at",
-            "finished_at", "next_retry_at", "result", "error",
+            "finished_at", "next_retry_at", "result", "error", "schedule",
         }  # fmt: skip
         assert job["created_at"].endswith("Z")
 

@@ -51,6 +51,9 @@ TOLERATED = {
         "args are checked against the task's own schema (GET /v1/tasks lists them), which the"
         " job schema does not repeat: any object passes the spec",
     ("POST /v1/jobs/batch", "positive_data_acceptance"): "the same, for each item",
+    ("PUT /v1/schedules/{name}", "positive_data_acceptance"):
+        "the same for a schedule's args; and a cron expression, a time zone name and the"
+        " choice of exactly one of cron and every_seconds are checked beyond the schema",
     ("Stateful tests", "positive_data_acceptance"): "the same, in sequences of calls",
 }  # fmt: skip
 
@@ -61,6 +64,12 @@ OPERATIONS = {
     "GET /v1/jobs/{job_id}",
     "POST /v1/jobs/{job_id}/cancel",
     "POST /v1/jobs/{job_id}/retry",
+    "PUT /v1/schedules/{name}",
+    "GET /v1/schedules",
+    "GET /v1/schedules/{name}",
+    "DELETE /v1/schedules/{name}",
+    "POST /v1/schedules/{name}/pause",
+    "POST /v1/schedules/{name}/resume",
     "POST /v1/blobs",
     "GET /v1/blobs/{blob}",
     "GET /v1/tasks",
@@ -182,6 +191,12 @@ def published_spec(api: ApiServer) -> dict[str, Any]:
     return spec
 
 
+def _delete_schedules(api: ApiServer) -> None:
+    with api.client(ALICE[1]) as client:
+        for schedule in client.get("/v1/schedules").json()["items"]:
+            client.delete(f"/v1/schedules/{schedule['name']}")
+
+
 @pytest.fixture(scope="module")
 def fuzz_report(api: ApiServer) -> Iterator[FuzzReport]:
     """One schemathesis run over every operation of the live spec; its report, printed."""
@@ -212,6 +227,7 @@ def fuzz_report(api: ApiServer) -> Iterator[FuzzReport]:
         elif isinstance(event, events.EngineFinished):
             report.stop_reason = event.stop_reason.value
     report.elapsed = time.monotonic() - started
+    _delete_schedules(api)  # the session's workers would go on firing what it created
     yield report
     report.print()  # at teardown, after the tests that read it
 

@@ -25,7 +25,7 @@ from tests.support.workers import CONVEYOR
 JOB_FIELDS = {
     "id", "task", "queue", "status", "args", "priority", "attempts", "max_attempts",
     "idempotency_key", "request_id", "created_at", "scheduled_for", "started_at",
-    "finished_at", "next_retry_at", "result", "error",
+    "finished_at", "next_retry_at", "result", "error", "schedule",
 }  # fmt: skip
 FLOWER_LOGIN = ("ops", "flower-test-password-0123")
 

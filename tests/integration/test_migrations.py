@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
 from tests.conftest import database_name
@@ -59,3 +59,40 @@ def test_the_migrations_build_exactly_what_the_models_declare(empty_database: st
     engine.dispose()
 
     assert differences == []
+
+
+def _columns(url: str, table: str) -> set[str]:
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        return {column["name"] for column in inspect(engine).get_columns(table)}
+    finally:
+        engine.dispose()
+
+
+def test_schedules_come_and_go_and_the_jobs_stay(empty_database: str) -> None:
+    schema.upgrade(empty_database, "0004")
+    engine = create_engine(empty_database, poolclass=NullPool)
+    job = {
+        "id": "job-before-schedules", "task": "diagnostics.echo", "queue": "io",
+        "status": "queued", "args": "{}", "priority": "normal", "attempts": 0,
+        "max_attempts": 20, "retry_generation": 0, "attempt_base": 0,
+        "created_at": "2026-01-01 00:00:00+00:00", "updated_at": "2026-01-01 00:00:00+00:00",
+    }  # fmt: skip
+    with engine.begin() as connection:
+        names = ", ".join(job)
+        values = ", ".join(f":{name}" for name in job)
+        connection.execute(text(f"INSERT INTO jobs ({names}) VALUES ({values})"), job)  # noqa: S608 - test's own columns
+
+    schema.upgrade(empty_database, "0005")
+    assert "schedules" in _tables(empty_database)
+    assert "schedule" in _columns(empty_database, "jobs")
+
+    schema.downgrade(empty_database, "0004")
+    assert "schedules" not in _tables(empty_database)
+    assert "schedule" not in _columns(empty_database, "jobs")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT id FROM jobs")).scalars().all() == [job["id"]]
+
+    schema.upgrade(empty_database, "0005")
+    assert "schedules" in _tables(empty_database)
+    engine.dispose()

@@ -70,9 +70,10 @@ def running_api(env: dict[str, str], log_path: Path, *, workers: int = 1) -> Ite
 
 
 @contextmanager
-def running_beat(env: dict[str, str], log_path: Path) -> Iterator[ServiceProcess]:
-    """``conveyor beat`` scheduling the outbox relay, stopped after the block."""
-    command = [CONVEYOR, "beat"]
+def running_beat(env: dict[str, str], log_path: Path, *extra: str) -> Iterator[ServiceProcess]:
+    """``conveyor beat`` relaying the outbox and firing schedules, stopped after the block;
+    ``extra`` options go to ``celery beat``."""
+    command = [CONVEYOR, "beat", *extra]
     beat = ServiceProcess(_start(command, env, log_path), log_path)
     try:
         yield beat

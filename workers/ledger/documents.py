@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from workers.ledger.models import JOBS, Attempt, Job
 
@@ -26,16 +26,38 @@ JOB_FIELDS = (
     "next_retry_at",
     "result",
     "error",
+    "schedule",
 )
+SCHEDULE_FIELDS = (
+    "name",
+    "task",
+    "args",
+    "cron",
+    "every_seconds",
+    "timezone",
+    "priority",
+    "paused",
+    "next_run_at",
+    "last_run_at",
+    "created_at",
+    "updated_at",
+)
+_SCHEDULE_TIMES = ("next_run_at", "last_run_at", "created_at", "updated_at")
 _COLUMNS = tuple(column.key for column in JOBS.columns)
 
 
-def timestamp(value: datetime | None) -> str | None:
-    """ISO 8601 in UTC with a ``Z``, or ``None``."""
+@overload
+def timestamp(value: datetime, timespec: str = ...) -> str: ...
+@overload
+def timestamp(value: None, timespec: str = ...) -> None: ...
+@overload
+def timestamp(value: datetime | None, timespec: str = ...) -> str | None: ...
+def timestamp(value: datetime | None, timespec: str = "microseconds") -> str | None:
+    """ISO 8601 in UTC with a ``Z`` (to the microsecond, or ``timespec``), or ``None``."""
     if value is None:
         return None
     # isoformat, not strftime: %Y drops the leading zeros of years before 1000
-    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return value.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def job_document(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -43,6 +65,15 @@ def job_document(row: Mapping[str, Any]) -> dict[str, Any]:
     document = {name: row[name] for name in JOB_FIELDS}
     for name in ("created_at", "scheduled_for", "started_at", "finished_at", "next_retry_at"):
         document[name] = timestamp(document[name])
+    return document
+
+
+def schedule_document(row: Mapping[str, Any], latest_jobs: Iterable[str]) -> dict[str, Any]:
+    """The contract's schedule object for a ``schedules`` row and its latest job ids."""
+    document = {name: row[name] for name in SCHEDULE_FIELDS}
+    for name in _SCHEDULE_TIMES:
+        document[name] = timestamp(document[name])
+    document["latest_jobs"] = list(latest_jobs)
     return document
 
 

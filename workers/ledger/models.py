@@ -1,4 +1,5 @@
-"""SQLAlchemy models of the ledger: ``jobs``, their ``job_attempts`` and ``worker_leases``."""
+"""SQLAlchemy models of the ledger: ``jobs``, their ``job_attempts``, ``worker_leases`` and
+``schedules``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -30,11 +32,22 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 PRINTABLE_ASCII = r"^[!-~]+$"  # "!" is 0x21, "~" 0x7e: no escapes, the same in every dialect
 JOB_ID_MAX_LENGTH = 64
 LEASE_ID_MAX_LENGTH = 64
+SCHEDULE_NAME_MAX_LENGTH = 100
+#: A schedule's name goes into URLs and idempotency keys as it is: letters, digits, ``._-``.
+SCHEDULE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
 def is_job_id(text: str) -> bool:
     """Whether ``text`` could name a job (anything else names none)."""
     return len(text) <= JOB_ID_MAX_LENGTH and re.fullmatch(PRINTABLE_ASCII, text) is not None
+
+
+def is_schedule_name(text: str) -> bool:
+    """Whether ``text`` could name a schedule (anything else names none)."""
+    return (
+        len(text) <= SCHEDULE_NAME_MAX_LENGTH
+        and re.fullmatch(SCHEDULE_NAME_PATTERN, text) is not None
+    )
 
 
 class JobStatus(StrEnum):
@@ -124,6 +137,8 @@ class Job(Base):
         Index("ix_jobs_status_finished", "status", "finished_at"),
         Index("ix_jobs_task", "task"),
         Index("ix_jobs_client_status", "client_id", "status"),
+        # a schedule's jobs, newest first (its latest jobs, and /v1/jobs?schedule=)
+        Index("ix_jobs_client_schedule_created", "client_id", "schedule", "created_at"),
         # the outbox: only jobs still waiting to be published are in this index
         Index(
             "ix_jobs_publish_after",
@@ -162,6 +177,8 @@ class Job(Base):
     # has the message.
     publish_after: Mapped[datetime | None] = mapped_column(UTCDateTime())
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # the name of the client's schedule whose tick made this job, if one did
+    schedule: Mapped[str | None] = mapped_column(String(SCHEDULE_NAME_MAX_LENGTH))
 
     history: Mapped[list[Attempt]] = relationship(
         back_populates="job", order_by="Attempt.number", cascade="all, delete-orphan"
@@ -219,9 +236,47 @@ class WorkerLease(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
+class Schedule(Base):
+    """A client's periodic job: what to run, when its ticks fall, and the next one.
+
+    Exactly one of ``cron`` and ``every_seconds`` is set. ``next_run_at`` is the tick the
+    schedulers wait for; ``NULL`` while the schedule is paused.
+    """
+
+    __tablename__ = "schedules"
+    __table_args__ = (
+        CheckConstraint("priority IN ('high', 'normal', 'low')", name="priority"),
+        CheckConstraint("(cron IS NULL) <> (every_seconds IS NULL)", name="one_timing"),
+        UniqueConstraint("client_id", "name", name="uq_schedules_client_name"),
+        # the schedulers' read: only schedules that will tick are in this index
+        Index(
+            "ix_schedules_next_run_at",
+            "next_run_at",
+            postgresql_where=text("next_run_at IS NOT NULL"),
+            sqlite_where=text("next_run_at IS NOT NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(SCHEDULE_NAME_MAX_LENGTH))
+    task: Mapped[str] = mapped_column(String(200))
+    args: Mapped[dict[str, Any]] = mapped_column(JSONDocument, default=dict)
+    cron: Mapped[str | None] = mapped_column(String(200))
+    every_seconds: Mapped[int | None] = mapped_column(Integer)
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    priority: Mapped[str] = mapped_column(String(8), default="normal")
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    next_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
 # The Core tables behind the models. Hot paths run statements built once on these: building
 # ORM statements per call cost milliseconds of CPU per job, and a gevent worker runs every
 # job's bookkeeping on one core.
 JOBS = Base.metadata.tables[Job.__tablename__]
 ATTEMPTS = Base.metadata.tables[Attempt.__tablename__]
 LEASES = Base.metadata.tables[WorkerLease.__tablename__]
+SCHEDULES = Base.metadata.tables[Schedule.__tablename__]

@@ -66,6 +66,7 @@ _ARRAY_TYPES = {
     "updated_at": "timestamptz",
     "scheduled_for": "timestamptz",
     "publish_after": "timestamptz",
+    "schedule": "text",
 }
 _COLUMN_LIST = ", ".join(_ARRAY_TYPES)
 _ARRAY_PARAMETERS = ", ".join(f"%({c})s::{t}[]" for c, t in _ARRAY_TYPES.items())

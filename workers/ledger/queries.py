@@ -40,6 +40,7 @@ def list_jobs(
     limit: int,
     status: str | None = None,
     task: str | None = None,
+    schedule: str | None = None,
     after: PagePosition | None = None,
     max_bytes: int | None = None,
 ) -> tuple[list[dict[str, Any]], PagePosition | None]:
@@ -58,6 +59,8 @@ def list_jobs(
         query = query.where(JOBS.c.status == status)
     if task is not None:
         query = query.where(JOBS.c.task == task)
+    if schedule is not None:
+        query = query.where(JOBS.c.schedule == schedule)
     if after is not None:
         query = query.where(
             tuple_(JOBS.c.created_at, JOBS.c.id)
