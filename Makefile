@@ -41,6 +41,7 @@ chaos: $(STAMP) ## every fault-injection scenario: kills, Redis and database fau
 bench: $(STAMP) ## benchmarks against plain Celery in the same run (figures in bench/RESULTS.md)
 	$(BIN)/python bench/worker_drain.py --jobs 1000 --sleep 0.5 --concurrency 500
 	$(BIN)/python bench/enqueue.py --duration 10
+	$(BIN)/python bench/retention_pressure.py --backlog 100000 --rate 100
 
 demo: $(STAMP) ## a mixed workload through both pools on embedded defaults, with a summary
 	$(BIN)/conveyor demo $(DEMO_ARGS)

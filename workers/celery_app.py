@@ -22,11 +22,11 @@ from workers.pool_fitness import record_hub_block
 from workers.relay import (
     RELAY_INTERVAL_SECONDS,
     RELAY_TASK,
-    RelayLoop,
-    fire_schedules,
-    reconcile,
+    RETENTION_INTERVAL_SECONDS,
+    PeriodicLoop,
+    background_loops,
     register_relay,
-    relay_outbox,
+    relay_run,
     retain,
 )
 from workers.runtime import ConveyorCelery, WorkerRuntime, pool_name_of
@@ -207,37 +207,38 @@ def _connect_worker_signals(app: ConveyorCelery) -> None:
             extra={"pool": pool, "concurrency": runtime.concurrency},
         )
 
-    relays: list[RelayLoop] = []
+    loops: list[PeriodicLoop] = []
 
     def on_worker_ready(sender: Any = None, **_: Any) -> None:
-        # every worker relays the outbox: an io worker in a greenlet of its own; a prefork
-        # main process on its event loop's timer, since a thread there could hold a lock
-        # while a child is forked and leave the child stuck
-        if runtime.pool == "gevent" and not relays:
-            relays.append(RelayLoop(runtime))
-            relays[0].start()
+        # every worker relays the outbox and takes retention steps: an io worker in
+        # greenlets of its own; a prefork main process on its event loop's timer, since a
+        # thread there could hold a lock while a child is forked and leave the child stuck
+        if runtime.pool == "gevent" and not loops:
+            loops.extend(background_loops(runtime))
+            for loop in loops:
+                loop.start()
         elif runtime.pool == "prefork" and getattr(sender, "timer", None) is not None:
             children = ChildLeaseWatch(lambda: runtime.engine, runtime.instance)
+            relay = relay_run(runtime)
 
             def housekeeping() -> None:
                 children.check(list(sender.pool.info.get("processes", [])))
-                fire_schedules(runtime)
-                relay_outbox(runtime)
-                reconcile(runtime)
-                retain(runtime)
+                relay()
 
             sender.timer.call_repeatedly(RELAY_INTERVAL_SECONDS, housekeeping)
+            sender.timer.call_repeatedly(RETENTION_INTERVAL_SECONDS, lambda: retain(runtime))
             logger.info("outbox relay running every %g s", RELAY_INTERVAL_SECONDS)
 
     def on_beat_init(sender: Any = None, **_: Any) -> None:
-        # beat relays in a thread of its own process; it sends no relay messages
-        if getattr(sender, "app", None) is app and not relays:
-            relays.append(RelayLoop(runtime))
-            relays[0].start()
+        # beat relays in threads of its own process; it sends no relay messages
+        if getattr(sender, "app", None) is app and not loops:
+            loops.extend(background_loops(runtime))
+            for loop in loops:
+                loop.start()
 
     def on_worker_stop(**_: Any) -> None:
-        for relay in relays:
-            relay.stop()
+        for loop in loops:
+            loop.stop()
         on_process_shutdown()
 
     def on_process_init(**_: Any) -> None:

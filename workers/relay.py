@@ -1,8 +1,8 @@
 """The outbox relay: publishes jobs the producer could not, and delayed jobs once due.
 
-The same loop fires due schedules first (:mod:`workers.scheduler`), runs the reconciler, which
-puts back the jobs of dead worker processes, and takes a step of retention
-(:mod:`workers.retention`).
+The same loop fires due schedules first (:mod:`workers.scheduler`) and runs the reconciler,
+which puts back the jobs of dead worker processes. Retention (:mod:`workers.retention`) runs
+beside it, on a loop of its own that takes a small step four times a second.
 
 It picks up jobs whose delay is over, jobs recorded while Redis was down, and jobs whose
 producer died between commit and publish; and, every ten runs, jobs the ledger says were
@@ -18,8 +18,10 @@ workers' loops. Each run leaves its time in Redis (:mod:`workers.relay_heartbeat
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 
 import redis
@@ -32,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 RELAY_TASK = "conveyor.relay_outbox"
 RELAY_INTERVAL_SECONDS = 1.0
+#: Retention deletes a small batch this often: short transactions spread out, not long ones.
+RETENTION_INTERVAL_SECONDS = 0.25
 #: A published job still waiting this long is checked for in Redis; if its message is gone
 #: (Redis restarted without persistence, failed over, was flushed), it is published again.
 LOST_AFTER = timedelta(seconds=30)
@@ -101,39 +105,56 @@ def retain(runtime: WorkerRuntime) -> None:
     runtime.retention.step()
 
 
-class RelayLoop:
-    """Runs :func:`fire_schedules`, :func:`relay_outbox`, :func:`reconcile` and :func:`retain` every
-    ``interval`` seconds until stopped.
+def relay_run(runtime: WorkerRuntime) -> Callable[[], None]:
+    """One run of the relay loop: due schedules, the outbox, the reconciler, and one run in
+    ten the lost-message check."""
+    runs = itertools.count(1)
 
-    In a gevent worker the thread is a greenlet (threading is patched), and the relay's
+    def run() -> None:
+        fire_schedules(runtime)
+        relay_outbox(runtime)
+        reconcile(runtime)
+        if next(runs) % _RUNS_PER_LOST_CHECK == 0:
+            republish_lost(runtime)
+
+    return run
+
+
+class PeriodicLoop:
+    """Runs ``work`` every ``interval`` seconds in a thread of its own until stopped.
+
+    In a gevent worker the thread is a greenlet (threading is patched), and the work's
     database and Redis calls yield like any task's.
     """
 
-    def __init__(self, runtime: WorkerRuntime, interval: float = RELAY_INTERVAL_SECONDS) -> None:
-        self._runtime = runtime
+    def __init__(self, name: str, interval: float, work: Callable[[], None]) -> None:
+        self._name = name
         self._interval = interval
+        self._work = work
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="outbox-relay", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
-        """Start relaying."""
+        """Start the loop."""
         self._thread.start()
-        logger.info("outbox relay running every %g s", self._interval)
+        logger.info("%s running every %g s", self._name, self._interval)
 
     def stop(self) -> None:
         """Stop after the current run."""
         self._stop.set()
 
     def _run(self) -> None:
-        runs = 0
         while not self._stop.wait(self._interval):
-            fire_schedules(self._runtime)
-            relay_outbox(self._runtime)
-            reconcile(self._runtime)
-            retain(self._runtime)
-            runs += 1
-            if runs % _RUNS_PER_LOST_CHECK == 0:
-                republish_lost(self._runtime)
+            self._work()
+
+
+def background_loops(runtime: WorkerRuntime) -> list[PeriodicLoop]:
+    """The loops an io worker or a beat runs beside its work: the relay (:func:`relay_run`)
+    and retention, in small steps several times a second (:func:`retain`)."""
+    return [
+        PeriodicLoop("outbox relay", RELAY_INTERVAL_SECONDS, relay_run(runtime)),
+        PeriodicLoop("retention", RETENTION_INTERVAL_SECONDS, lambda: retain(runtime)),
+    ]
 
 
 def register_relay(app: ConveyorCelery) -> None:

@@ -2,9 +2,10 @@
 ``CONVEYOR_FAILED_RETENTION`` are deleted with their attempts, and blobs not written for
 ``CONVEYOR_BLOB_RETENTION`` that no remaining job names are deleted from the store.
 
-The work goes in small steps that the relay loop takes once a run (:meth:`Retention.step`):
-one batch of jobs, or one page of the blob sweep. So it never holds a worker's event loop or a
-prefork main process for long, and never locks more than a batch of rows. Every worker takes
+The work goes in small steps that a loop beside the relay takes four times a second
+(:meth:`Retention.step`): one batch of jobs, or one page of the blob sweep. So it never
+holds a worker's event loop or a prefork main process for long, and never locks more than a
+batch of rows. Every worker takes
 steps; batches are claimed with ``SKIP LOCKED``, and a worker that found nothing to delete
 waits a while before it looks again. The blob sweep reads the whole ledger, so one process per
 host and storage directory makes it, under a claim in Redis.
@@ -31,14 +32,18 @@ from workers.settings import RetentionPeriods
 logger = logging.getLogger(__name__)
 
 #: Jobs deleted per transaction.
-BATCH = 1000
+BATCH = 250
 #: After a step that found nothing to delete, a worker looks again this much later, at most.
 IDLE_WAIT = timedelta(seconds=60)
 #: How often, at most, one process per host and storage directory sweeps the blobs.
 BLOB_SWEEP_EVERY = timedelta(hours=1)
 
-_FINISHED = (JobStatus.SUCCEEDED.value, JobStatus.CANCELLED.value)
-_FAILED = (JobStatus.FAILED.value,)
+# each status on its own, so that the index gives its oldest rows in order
+_KEPT_FOR = {
+    JobStatus.SUCCEEDED.value: "finished",
+    JobStatus.CANCELLED.value: "finished",
+    JobStatus.FAILED.value: "failed",
+}
 
 
 @dataclass
@@ -76,7 +81,7 @@ class Retention:
         shortest = min(retention.finished, retention.failed)
         self._idle_wait = min(IDLE_WAIT, shortest / 2).total_seconds()
         self._sweep_every = min(BLOB_SWEEP_EVERY, retention.blobs / 2)
-        self._next_prune = {_FINISHED: 0.0, _FAILED: 0.0}
+        self._next_prune = dict.fromkeys(_KEPT_FOR, 0.0)
         self._sweep: Iterator[int] | None = None
         self.pruned = Pruned()
 
@@ -91,19 +96,18 @@ class Retention:
     def _prune_step(self) -> bool:
         """Delete one batch of expired jobs; whether there was one."""
         now = self._monotonic()
-        periods = self._retention
-        for statuses, keep in ((_FINISHED, periods.finished), (_FAILED, periods.failed)):
-            if now < self._next_prune[statuses]:
+        for status, period in _KEPT_FOR.items():
+            if now < self._next_prune[status]:
                 continue
-            deleted = prune_finished(self._engine(), statuses, self._clock() - keep, batch=BATCH)
+            keep: timedelta = getattr(self._retention, period)
+            deleted = prune_finished(self._engine(), status, self._clock() - keep, batch=BATCH)
             if deleted:
                 self.pruned.jobs += deleted
                 logger.info(
-                    "retention deleted %d %s jobs", deleted, "/".join(statuses),
-                    extra={"deleted": deleted},
-                )  # fmt: skip
+                    "retention deleted %d %s jobs", deleted, status, extra={"deleted": deleted}
+                )
                 return True
-            self._next_prune[statuses] = now + self._idle_wait
+            self._next_prune[status] = now + self._idle_wait
         return False
 
     def _sweep_step(self) -> None:
