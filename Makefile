@@ -20,10 +20,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install Conveyor with its development tools
 
-lint: $(STAMP) ## ruff, mypy --strict and the import contract between the layers
+lint: $(STAMP) ## ruff, mypy --strict (the packages and the tests) and the import contract between the layers
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check conveyor workers tasks api_shim tests
-	$(BIN)/mypy conveyor workers tasks api_shim
+	$(BIN)/mypy conveyor workers tasks api_shim tests
 	$(BIN)/lint-imports
 
 test: $(STAMP) ## the whole suite: unit, integration (real Redis/PostgreSQL/workers), chaos but the longest fault scenarios

@@ -25,8 +25,9 @@ import pytest
 import redis
 from sqlalchemy import Engine, func, select
 
-from tests.support.api_server import ALICE, BOB, DORA, ApiServer, free_port, running_api
+from tests.support.api_server import ALICE, BOB, DORA, ApiServer, running_api
 from tests.support.polling import wait_for
+from tests.support.processes import free_port
 from workers.broker import depth_keys
 from workers.ledger.models import Job
 
@@ -184,7 +185,8 @@ def queued_messages_naming(redis_url: str, text: str) -> list[bytes]:
     try:
         found: list[bytes] = []
         for _queue, key in depth_keys():
-            found.extend(m for m in client.lrange(key, 0, -1) if text.encode() in m)
+            messages: list[bytes] = client.lrange(key, 0, -1)  # type: ignore[assignment]
+            found.extend(m for m in messages if text.encode() in m)
         return found
     finally:
         client.close()

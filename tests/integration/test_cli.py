@@ -16,9 +16,8 @@ import httpx
 import pytest
 
 from tests.integration.conftest import Stack
-from tests.support.api_server import free_port
 from tests.support.polling import wait_for
-from tests.support.processes import ServiceProcess, dying_with_this_process
+from tests.support.processes import ServiceProcess, dying_with_this_process, free_port
 from tests.support.workers import CONVEYOR
 
 # the job document of the contract

@@ -16,11 +16,11 @@ from workers.celery_app import create_app
 from workers.settings import load_settings
 
 
-def send(stack: Stack, task: str, queue: str, **kwargs: Any) -> AsyncResult:
+def send(stack: Stack, task: str, queue: str, **kwargs: Any) -> AsyncResult[Any]:
     return stack.client.send_task(task, kwargs=kwargs, queue=queue)
 
 
-def outcome(result: AsyncResult, timeout: float = 60) -> Any:
+def outcome(result: AsyncResult[Any], timeout: float = 60) -> Any:
     return result.get(timeout=timeout, propagate=False)
 
 
@@ -177,7 +177,8 @@ def test_a_message_for_a_finished_job_is_dropped(stack: Stack) -> None:
 
     job = stack.ledger.wait_finished(job_id)
     assert (job.status, job.attempts, job.result["value"]) == ("succeeded", 1, 1)
-    assert AsyncResult(job_id, app=stack.client).result["value"] == 1
+    stored: AsyncResult[dict[str, Any]] = AsyncResult(job_id, app=stack.client)
+    assert stored.get(timeout=30)["value"] == 1
 
 
 def test_psycopg_does_not_block_the_gevent_hub(stack: Stack) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Literal
 
 import pytest
 from celery.concurrency import get_implementation
@@ -64,7 +65,7 @@ def test_the_app_speaks_json_only_and_acknowledges_late() -> None:
     ("kind", "pool", "queue"), [("io", "gevent", "io"), ("cpu", "prefork", "cpu")]
 )
 def test_worker_command_uses_the_pool_and_queue_of_its_kind(
-    kind: str, pool: str, queue: str
+    kind: Literal["io", "cpu"], pool: str, queue: str
 ) -> None:
     settings = load_settings(io_concurrency=150, cpu_concurrency=3)
 

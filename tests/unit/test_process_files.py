@@ -12,7 +12,7 @@ from urllib.parse import SplitResult, urlsplit
 
 import pytest
 import typer
-import yaml
+import yaml  # type: ignore[import-untyped]  # no stubs installed; only safe_load is used
 from celery.bin.celery import celery as celery_group
 from celery.worker.control import Panel
 from typer.testing import CliRunner
@@ -265,7 +265,7 @@ def test_compose_settings_are_valid_settings(service: str, monkeypatch: pytest.M
 
     # Settings ignores unknown names: each one must be a field for this to mean anything
     assert set(values) <= set(Settings.model_fields)
-    Settings(_env_file=None, **values)
+    Settings(_env_file=None, **values)  # type: ignore[arg-type]  # strings, as read from the environment
 
 
 # (e) compose hygiene ---------------------------------------------------------------------

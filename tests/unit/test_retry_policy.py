@@ -104,7 +104,7 @@ def test_permanent_errors_never_wait() -> None:
 
 def test_a_task_override_beats_the_table_for_its_class_only() -> None:
     patient = RetryPolicy("patient", 50, Backoff.EXPONENTIAL, base_delay=2, max_delay=30)
-    overrides = {TransientError: patient}
+    overrides: dict[type[BaseException], RetryPolicy] = {TransientError: patient}
 
     assert policy_for(CustomTransientError("x"), overrides) is patient
     assert policy_for(DependencyUnavailableError("x"), overrides) is DEPENDENCY
@@ -113,13 +113,16 @@ def test_a_task_override_beats_the_table_for_its_class_only() -> None:
 
 def test_overrides_can_lower_the_most_attempts_a_task_gets() -> None:
     quick = RetryPolicy("quick", 2, Backoff.EXPONENTIAL, base_delay=1, max_delay=1)
-    overrides = {RateLimitedError: quick, DependencyUnavailableError: quick}
+    overrides: dict[type[BaseException], RetryPolicy] = {
+        RateLimitedError: quick,
+        DependencyUnavailableError: quick,
+    }
 
     assert max_attempts(overrides) == TRANSIENT.max_attempts == 8
 
 
 def test_the_most_specific_class_wins_across_table_and_overrides() -> None:
-    broad = {Exception: PERMANENT}
+    broad: dict[type[BaseException], RetryPolicy] = {Exception: PERMANENT}
 
     assert policy_for(TransientError("x"), broad) is TRANSIENT
     assert policy_for(ValueError("x"), broad) is PERMANENT
