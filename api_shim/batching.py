@@ -106,7 +106,13 @@ class EnqueueBatcher:
 
     def _flush_marks(self) -> None:
         marks, self._unmarked = self._unmarked, []
-        self._enqueuer.mark_published(marks)
+        try:
+            self._enqueuer.mark_published(marks)
+        except Exception as error:  # noqa: BLE001 - the thread must outlive any one failure
+            # kept for the next round's commit; should they never be written, the relay
+            # publishes those jobs again and the workers drop the second message
+            self._unmarked = marks + self._unmarked
+            logger.warning("published marks not written yet", extra={"reason": str(error)})
 
     def _record(self, round_: Sequence[_Pending]) -> None:
         try:
@@ -119,7 +125,8 @@ class EnqueueBatcher:
                 for pending in round_:
                     self._record([pending])
                 return
-            outcomes: Sequence[Accepted | Conflict | BaseException] = [error]
+            # every request of the round gets the error: the ledger is away
+            outcomes: Sequence[Accepted | Conflict | BaseException] = [error] * len(round_)
         else:
             # the earlier marks were committed with this round; its own wait for the next
             self._unmarked = list(recorded.published)
