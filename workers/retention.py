@@ -38,13 +38,6 @@ IDLE_WAIT = timedelta(seconds=60)
 #: How often, at most, one process per host and storage directory sweeps the blobs.
 BLOB_SWEEP_EVERY = timedelta(hours=1)
 
-# each status on its own, so that the index gives its oldest rows in order
-_KEPT_FOR = {
-    JobStatus.SUCCEEDED.value: "finished",
-    JobStatus.CANCELLED.value: "finished",
-    JobStatus.FAILED.value: "failed",
-}
-
 
 @dataclass
 class Pruned:
@@ -81,7 +74,13 @@ class Retention:
         shortest = min(retention.finished, retention.failed)
         self._idle_wait = min(IDLE_WAIT, shortest / 2).total_seconds()
         self._sweep_every = min(BLOB_SWEEP_EVERY, retention.blobs / 2)
-        self._next_prune = dict.fromkeys(_KEPT_FOR, 0.0)
+        # each status on its own, so that the index gives its oldest rows in order
+        self._kept_for = {
+            JobStatus.SUCCEEDED.value: retention.finished,
+            JobStatus.CANCELLED.value: retention.finished,
+            JobStatus.FAILED.value: retention.failed,
+        }
+        self._next_prune = dict.fromkeys(self._kept_for, 0.0)
         self._sweep: Iterator[int] | None = None
         self.pruned = Pruned()
 
@@ -96,10 +95,9 @@ class Retention:
     def _prune_step(self) -> bool:
         """Delete one batch of expired jobs; whether there was one."""
         now = self._monotonic()
-        for status, period in _KEPT_FOR.items():
+        for status, keep in self._kept_for.items():
             if now < self._next_prune[status]:
                 continue
-            keep: timedelta = getattr(self._retention, period)
             deleted = prune_finished(self._engine(), status, self._clock() - keep, batch=BATCH)
             if deleted:
                 self.pruned.jobs += deleted
