@@ -163,7 +163,13 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
             max_attempts=self.spec.max_attempts,
             request_id=None,
         )
-        if runtime.engine.dialect.name == "postgresql":
+        group = runtime.group_commit
+        if group is not None:
+            claimed = group.claim(delivery, generation=generation, runner=self._runner(runtime))
+            if claimed is not None:
+                self._warn_on_pool_mismatch(runtime)
+                return claimed
+        elif runtime.engine.dialect.name == "postgresql":
             with runtime.outcome_engine.connect() as connection:
                 fast = ledger.try_begin_attempt(
                     connection,
@@ -217,7 +223,18 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
                 connection, job_id, start.attempt, result=result, now=_now()
             )
 
-        status = self._write_outcome(runtime, record)
+        group = runtime.group_commit
+        if group is None:
+            status = self._write_outcome(runtime, _in_transaction(runtime, record))
+        else:
+
+            def record_in_group() -> JobStatus:
+                if group.succeed(job_id, start.attempt, result):
+                    return JobStatus.SUCCEEDED
+                # not moved (cancelled meanwhile, or lost): the statement says what it is now
+                return _in_transaction(runtime, record)()
+
+            status = self._write_outcome(runtime, record_in_group)
         logger.info("attempt succeeded", extra={"status": status.value})
         return result
 
@@ -255,7 +272,7 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
                     in_outbox=in_outbox,
                 )
 
-            generation = self._write_outcome(runtime, record_retry)
+            generation = self._write_outcome(runtime, _in_transaction(runtime, record_retry))
             if generation is None:
                 logger.info("attempt failed but the job was cancelled; not retried")
                 raise Ignore from error
@@ -275,7 +292,7 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
         def record_failure(connection: Connection) -> JobStatus:
             return ledger.record_failure(connection, job_id, start.attempt, error=info, now=_now())
 
-        self._write_outcome(runtime, record_failure)
+        self._write_outcome(runtime, _in_transaction(runtime, record_failure))
         logger.error(
             "job failed (%s: %s) after %d attempts",
             info.type,
@@ -314,9 +331,7 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
         with denied_join_result():
             return self.retry(exc=error, countdown=delay, throw=False, add_to_parent=False)
 
-    def _write_outcome(
-        self, runtime: WorkerRuntime, write: Callable[[Connection], Outcome]
-    ) -> Outcome:
+    def _write_outcome(self, runtime: WorkerRuntime, write: Callable[[], Outcome]) -> Outcome:
         """Record how an attempt ended, riding out a short ledger outage.
 
         If the ledger stays down, the attempt is abandoned and the message requeued: the
@@ -396,14 +411,23 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
                 logger.warning("pool-fitness counter not recorded: %s", error)
 
 
-def _write_once(
-    runtime: WorkerRuntime, job_id: str, write: Callable[[Connection], Outcome]
-) -> Outcome:
-    """Run ``write`` in a transaction and note that the job's outcome is recorded."""
-    with runtime.outcome_engine.begin() as connection:
-        outcome = write(connection)
+def _write_once(runtime: WorkerRuntime, job_id: str, write: Callable[[], Outcome]) -> Outcome:
+    """Run ``write`` and note that the job's outcome is recorded."""
+    outcome = write()
     runtime.jobs_in_progress[job_id] = True
     return outcome
+
+
+def _in_transaction(
+    runtime: WorkerRuntime, write: Callable[[Connection], Outcome]
+) -> Callable[[], Outcome]:
+    """``write`` run in a transaction of its own (one statement in autocommit on PostgreSQL)."""
+
+    def written() -> Outcome:
+        with runtime.outcome_engine.begin() as connection:
+            return write(connection)
+
+    return written
 
 
 def _liveness(runtime: WorkerRuntime, job_id: str) -> ledger.LivenessCheck:

@@ -23,8 +23,10 @@ from workers.hub_monitor import RunningTasks
 from workers.leases import LeaseKeeper, Reconciler, new_instance_id, this_process_lease
 from workers.ledger.database import create_ledger_engine
 from workers.ledger.database_url import ensure_sqlite_directory
+from workers.ledger.group_commit import GroupCommit
 from workers.message_judge import MessageJudge
 from workers.process_resources import ProcessResources
+from workers.result_backend import OneTripRedisBackend
 from workers.retention import Retention
 from workers.scheduler import Scheduler
 from workers.settings import Settings
@@ -69,6 +71,7 @@ class WorkerRuntime:
         self.scheduler: Scheduler | None = None
         self._engine: Engine | None = None
         self._autocommit: Engine | None = None
+        self._group_commit: GroupCommit | None = None
         self._pid: int | None = None
         self._enqueuer: Enqueuer | None = None
         self._redis: redis.Redis | None = None
@@ -122,6 +125,16 @@ class WorkerRuntime:
         if self._autocommit is None or self._autocommit.pool is not engine.pool:
             self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         return self._autocommit
+
+    @property
+    def group_commit(self) -> GroupCommit | None:
+        """Claims and successes of concurrent jobs written together: a gevent worker on
+        PostgreSQL. ``None`` elsewhere (a prefork child runs one job at a time)."""
+        if self.pool != "gevent" or self.engine.dialect.name != "postgresql":
+            return None
+        if self._group_commit is None:
+            self._group_commit = GroupCommit(lambda: self.outcome_engine)
+        return self._group_commit
 
     def _create_engine(self) -> None:
         if self._engine is not None and self._pid != os.getpid():
@@ -200,6 +213,10 @@ class ConveyorCelery(Celery):
 
     runtime: WorkerRuntime
     message_judge: MessageJudge
+
+    def _get_backend(self) -> OneTripRedisBackend:
+        """The result backend: always Redis, at ``result_backend``'s URL."""
+        return OneTripRedisBackend(app=self, url=self.conf.result_backend)
 
 
 def runtime_of(app: Celery) -> WorkerRuntime:

@@ -1,0 +1,298 @@
+"""Drain of N no-op jobs queued before the workers consume: Conveyor against plain Celery.
+
+For each pool (io: gevent -c 50, cpu: prefork -c 2) this run drains, one after the other on
+the same private Redis server: plain Celery without results, plain Celery with a Redis
+result backend, and Conveyor (PostgreSQL ledger, jobs recorded by the producer's code path
+exactly as ``POST /v1/jobs/batch`` records them). Each worker is started and answers a ping,
+stops consuming its queue, N jobs are queued, and the clock runs from the moment it consumes
+again until the queue and kombu's unacknowledged hash are both empty. Conveyor's drain is
+then checked against the ledger: N jobs ``succeeded``.
+
+    .venv/bin/python bench/noop_drain.py --jobs 4000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+from bench_services import (
+    client_for,
+    drop_database,
+    fresh_database,
+    ledger_statuses,
+    stop,
+    wait_ready,
+)
+from sqlalchemy import create_engine
+
+from workers.broker import UNACKED_KEY, Publisher, queue_keys
+from workers.enqueue import Enqueuer, JobRequest, Submission
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+STALL_SECONDS = 60  # no job finished for this long: the drain is stuck
+TARGET = 0.8  # Conveyor / plain Celery without results, jobs per second
+
+
+@dataclass(frozen=True)
+class Pool:
+    queue: str
+    pool: str
+    concurrency: int
+    task: str
+    args: dict[str, object]
+
+
+POOLS = {
+    "io": Pool("io", "gevent", 50, "diagnostics.echo", {"value": 0}),
+    "cpu": Pool("cpu", "prefork", 2, "diagnostics.spin", {"milliseconds": 0}),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def private_redis() -> Iterator[str]:
+    """A redis-server of this run's own on a free port; its URL."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as directory:
+        process = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                directory,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        url = f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis.from_url(url)
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
+            yield url
+        finally:
+            client.close()
+            process.kill()
+            process.wait()
+
+
+def pending(client: redis.Redis, queue: str) -> int:
+    """Messages still waiting in ``queue`` or delivered and not yet acknowledged."""
+    with client.pipeline(transaction=False) as pipe:
+        for key in queue_keys(queue):
+            pipe.llen(key)
+        pipe.hlen(UNACKED_KEY)
+        return sum(int(n) for n in pipe.execute())
+
+
+def timed_drain(  # noqa: PLR0917 - one drain, described in full
+    url: str,
+    node: str,
+    queue: str,
+    command: list[str],
+    env: dict[str, str],
+    fill: Callable[[], None],
+) -> float:
+    """Start a worker, pause its consumer, fill the queue, time the drain, stop the worker."""
+    client = client_for(url)
+    broker = redis.Redis.from_url(url)
+    log_path = Path(tempfile.gettempdir()) / f"bench-noop-{node.partition('@')[0]}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            wait_ready(client, node, process, log_path)
+            client.control.cancel_consumer(queue, destination=[node], reply=True)
+            fill()
+            started = time.monotonic()
+            client.control.add_consumer(queue, destination=[node], reply=True)
+            left, progressed = pending(broker, queue), time.monotonic()
+            while left:
+                if process.poll() is not None:
+                    raise SystemExit(f"worker {node} exited:\n{log_path.read_text()[-3000:]}")
+                if time.monotonic() - progressed > STALL_SECONDS:
+                    raise SystemExit(f"worker {node} stalled with {left} jobs left; see {log_path}")
+                time.sleep(0.005)
+                now_left = pending(broker, queue)
+                if now_left < left:
+                    progressed = time.monotonic()
+                left = now_left
+            return time.monotonic() - started
+        finally:
+            stop(process)
+            client.close()
+            broker.close()
+
+
+def plain_drain(url: str, spec: Pool, jobs: int, *, results: bool) -> float:
+    redis.Redis.from_url(url).flushall()
+    node = f"plain-{spec.queue}-{'r' if results else 'n'}@bench"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    env.update(BENCH_REDIS_URL=url, BENCH_RESULTS="1" if results else "0", PYTHONPATH=str(ROOT))
+    command = [
+        str(BIN / "celery"),
+        "-A",
+        "bench.plain_noop_app",
+        "worker",
+        "-P",
+        spec.pool,
+        "-c",
+        str(spec.concurrency),
+        "-Q",
+        spec.queue,
+        "-n",
+        node,
+        "--without-mingle",
+        "--without-gossip",
+        "-l",
+        "WARNING",
+    ]
+    sender = client_for(url)
+
+    def fill() -> None:
+        with sender.producer_or_acquire() as producer:
+            for _n in range(jobs):
+                sender.send_task(spec.task, kwargs=spec.args, queue=spec.queue, producer=producer)
+
+    try:
+        return timed_drain(url, node, spec.queue, command, env, fill)
+    finally:
+        sender.close()
+
+
+def conveyor_drain(url: str, spec: Pool, jobs: int) -> float:
+    redis.Redis.from_url(url).flushall()
+    name = f"conveyor_bench_noop_{os.getpid()}"
+    database = fresh_database(name)
+    node = f"conveyor-{spec.queue}@bench"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    env.update(
+        CONVEYOR_ENV="test",
+        CONVEYOR_REDIS_URL=url,
+        CONVEYOR_DATABASE_URL=database,
+        CONVEYOR_IO_CONCURRENCY=str(POOLS["io"].concurrency),
+        CONVEYOR_CPU_CONCURRENCY=str(POOLS["cpu"].concurrency),
+        CONVEYOR_LOG_LEVEL="WARNING",
+        CONVEYOR_DIAGNOSTICS="1",
+    )
+    subprocess.run(
+        [str(BIN / "conveyor"), "migrate"], env=env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL
+    )
+    command = [str(BIN / "conveyor"), "worker", spec.queue, "-n", node]
+    engine = create_engine(database.replace("postgresql://", "postgresql+psycopg://"))
+    broker = redis.Redis.from_url(url)
+    ids = [str(uuid.uuid4()) for _ in range(jobs)]
+
+    def fill() -> None:
+        enqueuer = Enqueuer(engine, Publisher(broker))
+        for start in range(0, jobs, 1000):
+            batch = tuple(
+                JobRequest(
+                    job_id=job_id,
+                    client_id="bench",
+                    task=spec.task,
+                    queue=spec.queue,
+                    args=dict(spec.args),
+                    priority="normal",
+                    max_attempts=5,
+                    fingerprint=job_id,
+                )
+                for job_id in ids[start : start + 1000]
+            )
+            recorded = enqueuer.record_and_publish([Submission(batch)])
+            enqueuer.mark_published(recorded.published)
+
+    try:
+        elapsed = timed_drain(url, node, spec.queue, command, env, fill)
+        statuses = ledger_statuses(database, ids)
+        if statuses != {"succeeded": jobs}:
+            raise SystemExit(f"ledger after the drain: {statuses}")
+        return elapsed
+    finally:
+        engine.dispose()
+        broker.close()
+        drop_database(name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=4000)
+    parser.add_argument("--pools", default="io,cpu")
+    parser.add_argument("--only-conveyor", action="store_true")
+    args = parser.parse_args()
+    print("| pool | plain Celery, no results | plain Celery, Redis results | Conveyor | ratio |")
+    print("|---|---|---|---|---|")
+    with private_redis() as url:
+        for name in args.pools.split(","):
+            spec = POOLS[name]
+            plain = 0.0 if args.only_conveyor else plain_drain(url, spec, args.jobs, results=False)
+            with_results = (
+                0.0 if args.only_conveyor else plain_drain(url, spec, args.jobs, results=True)
+            )
+            conveyor = conveyor_drain(url, spec, args.jobs)
+            rate = {
+                k: (args.jobs / v if v else 0.0)
+                for k, v in {
+                    "plain": plain,
+                    "plain_results": with_results,
+                    "conveyor": conveyor,
+                }.items()
+            }
+            ratio = rate["conveyor"] / rate["plain"] if rate["plain"] else 0.0
+            label = f"{spec.pool} -c {spec.concurrency}"
+            print(
+                f"| {label} | {rate['plain']:.0f}/s | {rate['plain_results']:.0f}/s | "
+                f"{rate['conveyor']:.0f}/s | {ratio:.2f}x |",
+                flush=True,
+            )
+            print(
+                json.dumps(
+                    {
+                        "bench": "noop_drain",
+                        "pool": spec.pool,
+                        "concurrency": spec.concurrency,
+                        "jobs": args.jobs,
+                        "jobs_per_s": {k: round(v) for k, v in rate.items()},
+                        "ratio": round(ratio, 3),
+                        "target": TARGET,
+                        "met": ratio >= TARGET,
+                    }
+                ),
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
