@@ -109,6 +109,66 @@ def private_redis() -> Iterator[str]:
             process.wait()
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_seconds(pid: int) -> float:
+    """CPU seconds (user + system) ``pid`` has used; 0 once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = text[text.rfind(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def processes(parent: int | None = None, name: str | None = None) -> list[int]:
+    """``parent`` and its children, or every process whose command is ``name``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        command = stat[stat.find("(") + 1 : stat.rfind(")")]
+        ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
+        pid = int(entry.name)
+        if (parent is not None and parent in {pid, ppid}) or command == name:
+            found.append(pid)
+    return found
+
+
+@dataclass
+class CpuUse:
+    """CPU seconds used by the worker (and its children), PostgreSQL and Redis."""
+
+    worker: float = 0.0
+    postgres: float = 0.0
+    redis: float = 0.0
+
+    @classmethod
+    def of(cls, worker: int) -> CpuUse:
+        def total(pids: list[int]) -> float:
+            return sum(process_seconds(pid) for pid in pids)
+
+        return cls(
+            total(processes(parent=worker)),
+            total(processes(name="postgres")),
+            total(processes(name="redis-server")),
+        )
+
+    def since(self, start: CpuUse) -> CpuUse:
+        return CpuUse(
+            self.worker - start.worker, self.postgres - start.postgres, self.redis - start.redis
+        )
+
+
+#: CPU microseconds per job of each drain, by label
+CPU_PER_JOB: dict[str, CpuUse] = {}
+
+
 def pending(client: redis.Redis, queue: str) -> int:
     """Messages still waiting in ``queue`` or delivered and not yet acknowledged."""
     with client.pipeline(transaction=False) as pipe:
@@ -137,6 +197,7 @@ def timed_drain(  # noqa: PLR0917 - one drain, described in full
             client.control.cancel_consumer(queue, destination=[node], reply=True)
             fill()
             started = time.monotonic()
+            cpu_before = CpuUse.of(process.pid)
             client.control.add_consumer(queue, destination=[node], reply=True)
             left, progressed = pending(broker, queue), time.monotonic()
             while left:
@@ -149,7 +210,10 @@ def timed_drain(  # noqa: PLR0917 - one drain, described in full
                 if now_left < left:
                     progressed = time.monotonic()
                 left = now_left
-            return time.monotonic() - started
+            elapsed = time.monotonic() - started
+            used = CpuUse.of(process.pid).since(cpu_before)
+            CPU_PER_JOB[node] = used
+            return elapsed
         finally:
             stop(process)
             client.close()
@@ -277,6 +341,13 @@ def main() -> None:
                 f"{rate['conveyor']:.0f}/s | {ratio:.2f}x |",
                 flush=True,
             )
+            for label, used in CPU_PER_JOB.items():
+                print(
+                    f"  CPU per job, {label}: worker {used.worker / args.jobs * 1e6:.0f} us, "
+                    f"PostgreSQL {used.postgres / args.jobs * 1e6:.0f} us, "
+                    f"Redis {used.redis / args.jobs * 1e6:.0f} us"
+                )
+            CPU_PER_JOB.clear()
             print(
                 json.dumps(
                     {

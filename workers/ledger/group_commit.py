@@ -50,7 +50,7 @@ WITH delivered AS (
     SET status = '{_RUNNING}', attempts = j.attempts + 1,
         started_at = coalesce(j.started_at, %(now)s), next_retry_at = NULL, updated_at = %(now)s
     FROM delivered AS d
-    WHERE j.id = d.id AND j.task = d.task
+    WHERE j.id = ANY(%(claim_ids)s) AND j.id = d.id AND j.task = d.task
       AND j.status IN ('{JobStatus.QUEUED.value}', '{JobStatus.RETRYING.value}')
       AND j.retry_generation <= d.generation
     RETURNING j.id, j.attempts, j.attempt_base, j.request_id,
@@ -66,7 +66,8 @@ WITH delivered AS (
     SET status = '{JobStatus.SUCCEEDED.value}', result = d.result, error = NULL,
         finished_at = %(now)s, updated_at = %(now)s
     FROM done AS d
-    WHERE j.id = d.id AND j.status = '{_RUNNING}' AND j.attempts = d.attempt
+    WHERE j.id = ANY(%(success_ids)s) AND j.id = d.id
+      AND j.status = '{_RUNNING}' AND j.attempts = d.attempt
     RETURNING j.id
 ), closed AS (
     UPDATE {ATTEMPTS.name} AS a
@@ -75,7 +76,7 @@ WITH delivered AS (
                        ELSE '{AttemptOutcome.CANCELLED.value}' END,
         error = NULL, finished_at = %(now)s
     FROM done AS d
-    WHERE a.job_id = d.id AND a.number = d.attempt
+    WHERE a.job_id = ANY(%(success_ids)s) AND a.job_id = d.id AND a.number = d.attempt
       AND a.outcome = '{AttemptOutcome.RUNNING.value}'
 )
 SELECT true, id, attempts, attempt_base, request_id FROM claimed
@@ -201,6 +202,10 @@ class GroupCommit:
         parameters = {
             "claims": Jsonb(claim_rows),
             "successes": Jsonb(success_rows),
+            # the keys again as arrays: the planner sizes an array, not a recordset (it
+            # guesses 100 rows), and so finds the rows by index, not by scanning the table
+            "claim_ids": [r["id"] for r in claim_rows],
+            "success_ids": [r["id"] for r in success_rows],
             "now": self._clock(),
         }
         with self._engine().connect() as connection:
