@@ -24,7 +24,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,71 +178,82 @@ def pending(client: redis.Redis, queue: str) -> int:
         return sum(int(n) for n in pipe.execute())
 
 
-def timed_drain(  # noqa: PLR0917 - one drain, described in full
+def timed_drain(
     url: str,
-    node: str,
     queue: str,
-    command: list[str],
+    commands: dict[str, list[str]],
     env: dict[str, str],
     fill: Callable[[], None],
 ) -> float:
-    """Start a worker, pause its consumer, fill the queue, time the drain, stop the worker."""
+    """Start the workers (node name -> command), pause their consumers, fill the queue, time
+    the drain, stop the workers."""
     client = client_for(url)
     broker = redis.Redis.from_url(url)
-    log_path = Path(tempfile.gettempdir()) / f"bench-noop-{node.partition('@')[0]}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        try:
+    label = "+".join(node.partition("@")[0] for node in commands)
+    with ExitStack() as stack:
+        processes: dict[str, subprocess.Popen[bytes]] = {}
+        for node, command in commands.items():
+            log_path = Path(tempfile.gettempdir()) / f"bench-noop-{node.partition('@')[0]}.log"
+            log = stack.enter_context(log_path.open("wb"))
+            process = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+            )
+            stack.callback(stop, process)
+            processes[node] = process
             wait_ready(client, node, process, log_path)
-            client.control.cancel_consumer(queue, destination=[node], reply=True)
-            fill()
-            started = time.monotonic()
-            cpu_before = CpuUse.of(process.pid)
-            client.control.add_consumer(queue, destination=[node], reply=True)
-            left, progressed = pending(broker, queue), time.monotonic()
-            while left:
-                if process.poll() is not None:
-                    raise SystemExit(f"worker {node} exited:\n{log_path.read_text()[-3000:]}")
-                if time.monotonic() - progressed > STALL_SECONDS:
-                    raise SystemExit(f"worker {node} stalled with {left} jobs left; see {log_path}")
-                time.sleep(0.005)
-                now_left = pending(broker, queue)
-                if now_left < left:
-                    progressed = time.monotonic()
-                left = now_left
-            elapsed = time.monotonic() - started
-            used = CpuUse.of(process.pid).since(cpu_before)
-            CPU_PER_JOB[node] = used
-            return elapsed
-        finally:
-            stop(process)
-            client.close()
-            broker.close()
+        stack.callback(client.close)
+        stack.callback(broker.close)
+        nodes = list(processes)
+        client.control.cancel_consumer(queue, destination=nodes, reply=True)
+        fill()
+        started = time.monotonic()
+        cpu_before = [CpuUse.of(p.pid) for p in processes.values()]
+        client.control.add_consumer(queue, destination=nodes, reply=True)
+        left, progressed = pending(broker, queue), time.monotonic()
+        while left:
+            if any(p.poll() is not None for p in processes.values()):
+                raise SystemExit(f"a worker of {label} exited; see its log in /tmp")
+            if time.monotonic() - progressed > STALL_SECONDS:
+                raise SystemExit(f"{label} stalled with {left} jobs left")
+            time.sleep(0.005)
+            now_left = pending(broker, queue)
+            if now_left < left:
+                progressed = time.monotonic()
+            left = now_left
+        elapsed = time.monotonic() - started
+        used = [
+            CpuUse.of(p.pid).since(b) for p, b in zip(processes.values(), cpu_before, strict=True)
+        ]
+        CPU_PER_JOB[label] = CpuUse(sum(u.worker for u in used), used[0].postgres, used[0].redis)
+        return elapsed
 
 
-def plain_drain(url: str, spec: Pool, jobs: int, *, results: bool) -> float:
+def plain_drain(url: str, spec: Pool, jobs: int, *, results: bool, workers: int = 1) -> float:
     redis.Redis.from_url(url).flushall()
-    node = f"plain-{spec.queue}-{'r' if results else 'n'}@bench"
+    base = f"plain-{spec.queue}-{'r' if results else 'n'}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
     env.update(BENCH_REDIS_URL=url, BENCH_RESULTS="1" if results else "0", PYTHONPATH=str(ROOT))
-    command = [
-        str(BIN / "celery"),
-        "-A",
-        "bench.plain_noop_app",
-        "worker",
-        "-P",
-        spec.pool,
-        "-c",
-        str(spec.concurrency),
-        "-Q",
-        spec.queue,
-        "-n",
-        node,
-        "--without-mingle",
-        "--without-gossip",
-        "-l",
-        "WARNING",
-    ]
+    commands = {
+        f"{base}{n}@bench": [
+            str(BIN / "celery"),
+            "-A",
+            "bench.plain_noop_app",
+            "worker",
+            "-P",
+            spec.pool,
+            "-c",
+            str(spec.concurrency),
+            "-Q",
+            spec.queue,
+            "-n",
+            f"{base}{n}@bench",
+            "--without-mingle",
+            "--without-gossip",
+            "-l",
+            "WARNING",
+        ]
+        for n in range(workers)
+    }
     sender = client_for(url)
 
     def fill() -> None:
@@ -251,16 +262,15 @@ def plain_drain(url: str, spec: Pool, jobs: int, *, results: bool) -> float:
                 sender.send_task(spec.task, kwargs=spec.args, queue=spec.queue, producer=producer)
 
     try:
-        return timed_drain(url, node, spec.queue, command, env, fill)
+        return timed_drain(url, spec.queue, commands, env, fill)
     finally:
         sender.close()
 
 
-def conveyor_drain(url: str, spec: Pool, jobs: int) -> float:
+def conveyor_drain(url: str, spec: Pool, jobs: int, *, workers: int = 1) -> float:
     redis.Redis.from_url(url).flushall()
     name = f"conveyor_bench_noop_{os.getpid()}"
     database = fresh_database(name)
-    node = f"conveyor-{spec.queue}@bench"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
     env.update(
         CONVEYOR_ENV="test",
@@ -274,7 +284,16 @@ def conveyor_drain(url: str, spec: Pool, jobs: int) -> float:
     subprocess.run(
         [str(BIN / "conveyor"), "migrate"], env=env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL
     )
-    command = [str(BIN / "conveyor"), "worker", spec.queue, "-n", node]
+    commands = {
+        f"conveyor-{spec.queue}{n}@bench": [
+            str(BIN / "conveyor"),
+            "worker",
+            spec.queue,
+            "-n",
+            f"conveyor-{spec.queue}{n}@bench",
+        ]
+        for n in range(workers)
+    }
     engine = create_engine(database.replace("postgresql://", "postgresql+psycopg://"))
     broker = redis.Redis.from_url(url)
     ids = [str(uuid.uuid4()) for _ in range(jobs)]
@@ -299,7 +318,7 @@ def conveyor_drain(url: str, spec: Pool, jobs: int) -> float:
             enqueuer.mark_published(recorded.published)
 
     try:
-        elapsed = timed_drain(url, node, spec.queue, command, env, fill)
+        elapsed = timed_drain(url, spec.queue, commands, env, fill)
         statuses = ledger_statuses(database, ids)
         if statuses != {"succeeded": jobs}:
             raise SystemExit(f"ledger after the drain: {statuses}")
@@ -315,17 +334,20 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=4000)
     parser.add_argument("--pools", default="io,cpu")
     parser.add_argument("--only-conveyor", action="store_true")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes per side")
     args = parser.parse_args()
+    w = args.workers
     print("| pool | plain Celery, no results | plain Celery, Redis results | Conveyor | ratio |")
     print("|---|---|---|---|---|")
     with private_redis() as url:
         for name in args.pools.split(","):
             spec = POOLS[name]
-            plain = 0.0 if args.only_conveyor else plain_drain(url, spec, args.jobs, results=False)
+            only = args.only_conveyor
+            plain = 0.0 if only else plain_drain(url, spec, args.jobs, results=False, workers=w)
             with_results = (
-                0.0 if args.only_conveyor else plain_drain(url, spec, args.jobs, results=True)
+                0.0 if only else plain_drain(url, spec, args.jobs, results=True, workers=w)
             )
-            conveyor = conveyor_drain(url, spec, args.jobs)
+            conveyor = conveyor_drain(url, spec, args.jobs, workers=w)
             rate = {
                 k: (args.jobs / v if v else 0.0)
                 for k, v in {
@@ -335,7 +357,7 @@ def main() -> None:
                 }.items()
             }
             ratio = rate["conveyor"] / rate["plain"] if rate["plain"] else 0.0
-            label = f"{spec.pool} -c {spec.concurrency}"
+            label = f"{w} x {spec.pool} -c {spec.concurrency}"
             print(
                 f"| {label} | {rate['plain']:.0f}/s | {rate['plain_results']:.0f}/s | "
                 f"{rate['conveyor']:.0f}/s | {ratio:.2f}x |",
@@ -354,6 +376,7 @@ def main() -> None:
                         "bench": "noop_drain",
                         "pool": spec.pool,
                         "concurrency": spec.concurrency,
+                        "workers": w,
                         "jobs": args.jobs,
                         "jobs_per_s": {k: round(v) for k, v in rate.items()},
                         "ratio": round(ratio, 3),
