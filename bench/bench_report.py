@@ -70,7 +70,7 @@ class Row:
 
     def markdown(self, bench: str, wall: float) -> str:
         baseline = "" if self.baseline is None else f"{number(self.baseline)} {self.baseline_label}"
-        ratio = "" if self.ratio is None else f"{self.ratio:.2f}×"
+        ratio = "" if self.ratio is None else f"{self.ratio:.2f}x"
         target = "" if self.target is None else self.target.text()
         met = {None: "", True: "yes", False: "**no**"}[self.met]
         cells = [bench, self.measure, number(self.conveyor), baseline.strip(), ratio, target, met]
@@ -79,8 +79,8 @@ class Row:
     def document(self) -> dict[str, Figure | bool]:
         return {
             "measure": self.measure,
-            "conveyor": self.conveyor,
-            "baseline": self.baseline,
+            "conveyor": None if self.conveyor is None else round(self.conveyor, 3),
+            "baseline": None if self.baseline is None else round(self.baseline, 3),
             "baseline_label": self.baseline_label or None,
             "ratio": None if self.ratio is None else round(self.ratio, 3),
             "target": None if self.target is None else self.target.text(),
@@ -91,7 +91,7 @@ class Row:
 def number(value: float | None) -> str:
     """A figure as the tables show it: three significant digits or so, thousands separated."""
     if value is None:
-        return "–"
+        return "-"
     if abs(value) >= 100:
         return f"{value:,.0f}"
     if abs(value) >= 10:
@@ -99,9 +99,7 @@ def number(value: float | None) -> str:
     return f"{value:.2f}"
 
 
-def report(
-    bench: str, rows: Sequence[Row], figures: Mapping[str, Figure], started: float
-) -> bool:
+def report(bench: str, rows: Sequence[Row], figures: Mapping[str, Figure], started: float) -> bool:
     """Print the rows and the JSON line; whether every target was met.
 
     ``started`` is the ``time.monotonic()`` of the run's start: the wall time counts from it.
