@@ -51,6 +51,19 @@ def conveyor_env(redis_url: str, database_url: str, **settings: str) -> dict[str
     }
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process under it (a prefork worker's pool, uvicorn's workers)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:  # the thread or process ended while it was read
+            continue
+        for child in children:
+            found.extend(process_tree(int(child)))
+    return found
+
+
 def stop(process: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM) -> None:
     """``sig`` (SIGTERM: a warm shutdown for a Celery worker), then wait; kill if it hangs."""
     if process.poll() is None:

@@ -35,7 +35,14 @@ from typing import Any
 
 import psycopg
 import redis
-from bench_processes import HOST, conveyor_env, exit_on_sigterm, stop, wait_healthy
+from bench_processes import (
+    HOST,
+    conveyor_env,
+    exit_on_sigterm,
+    process_tree,
+    stop,
+    wait_healthy,
+)
 from bench_report import Row, Target, report
 from bench_services import BIN, ROOT, free_port, fresh_ledger, private_redis
 from celery import Celery
@@ -137,18 +144,6 @@ def _process_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
-def _descendants(pid: int) -> list[int]:
-    found = [pid]
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for child in children:
-            found.extend(_descendants(int(child)))
-    return found
-
-
 def _processes_named(prefix: str) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
@@ -176,7 +171,7 @@ def connection_split(port: int, server_pid: int | None) -> tuple[int, ...]:
         if fields[1].endswith(local) and fields[3] == "01":  # ESTABLISHED
             inodes.add(f"socket:[{fields[9]}]")
     counts = []
-    for pid in _descendants(server_pid):
+    for pid in process_tree(server_pid):
         held = 0
         for fd in Path(f"/proc/{pid}/fd").glob("*"):
             try:
@@ -190,7 +185,7 @@ def connection_split(port: int, server_pid: int | None) -> tuple[int, ...]:
 
 def cpu_sample(server_pid: int | None) -> CpuSample:
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    server = _descendants(server_pid) if server_pid else []
+    server = process_tree(server_pid) if server_pid else []
     counters = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = counters[3] + counters[4]  # idle, iowait
     total = sum(counters[:8])  # guest time is already in user
