@@ -32,6 +32,8 @@ DRAMATIQ_THREADS = 8
 RQ_WORKERS = 2
 #: Seconds a drain may take before the benchmark gives up.
 DRAIN_TIMEOUT = 300.0
+#: Seconds the RQ pool may take to leave once the queue is empty.
+POOL_EXIT_TIMEOUT = 30.0
 #: How many jobs one round trip to Redis enqueues (RQ).
 ENQUEUE_BATCH = 500
 
@@ -63,8 +65,8 @@ def dramatiq_drain(redis_url: str, jobs: int) -> float:
 
 
 def rq_drain(redis_url: str, jobs: int) -> float:
-    """Jobs/s of ``rq worker-pool -n 2`` (a forked work horse per job) draining ``jobs``
-    no-ops."""
+    """Jobs/s of ``rq worker-pool -n 2 --burst`` (a forked work horse per job) draining
+    ``jobs`` no-ops."""
     client = redis.Redis.from_url(redis_url)
     try:
         reset(client)
@@ -74,12 +76,17 @@ def rq_drain(redis_url: str, jobs: int) -> float:
             queue.enqueue_many(
                 [Queue.prepare_data("bench.peer_rq_jobs.noop", result_ttl=0)] * count
             )
+        # burst: each worker leaves once the queue is empty, and the pool with them (a pool
+        # told to stop waits for workers blocked on an empty queue)
         command = [
-            str(BIN / "rq"), "worker-pool", "-n", str(RQ_WORKERS), "-u", redis_url, QUEUE,
+            str(BIN / "rq"), "worker-pool", "-n", str(RQ_WORKERS), "--burst",
+            "-l", "WARNING", "-u", redis_url, QUEUE,
         ]  # fmt: skip
         log = Path(tempfile.gettempdir()) / f"bench-peers-rq-{os.getpid()}.log"
-        with started(command, peer_env(redis_url), log):
-            return drain_rate(client, jobs, DRAIN_TIMEOUT)
+        with started(command, peer_env(redis_url), log) as pool:
+            rate = drain_rate(client, jobs, DRAIN_TIMEOUT)
+            pool.wait(POOL_EXIT_TIMEOUT)
+            return rate
     finally:
         client.close()
 
