@@ -18,13 +18,18 @@ from http.client import HTTPConnection
 from pathlib import Path
 from typing import Literal
 
-from bench_services import BIN, ROOT, celery_client, free_port
-from celery import Celery
+from bench_services import (
+    BIN,
+    ROOT,
+    START_TIMEOUT,
+    celery_client,
+    free_port,
+    stop,
+    wait_ready,
+)
 
 Popen = subprocess.Popen[bytes]
 HOST = "127.0.0.1"
-#: Seconds a worker or the API may take to answer after its start.
-START_TIMEOUT = 90
 
 
 def exit_on_sigterm() -> None:
@@ -64,17 +69,6 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
-def stop(process: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM) -> None:
-    """``sig`` (SIGTERM: a warm shutdown for a Celery worker), then wait; kill if it hangs."""
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @contextmanager
 def started(command: list[str], env: dict[str, str], log_path: Path) -> Iterator[Popen]:
     """``command`` running from the repository root, its output in ``log_path``."""
@@ -84,18 +78,6 @@ def started(command: list[str], env: dict[str, str], log_path: Path) -> Iterator
         yield process
     finally:
         stop(process)
-
-
-def wait_ready(client: Celery, node: str, process: Popen, log: Path | None = None) -> None:
-    """Wait until worker ``node`` answers a ping; exit the benchmark if it cannot."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = f":\n{log.read_text()[-3000:]}" if log is not None else ""
-            raise SystemExit(f"worker {node} exited early{tail}")
-        if any(node in reply for reply in client.control.ping([node], timeout=0.5) or []):
-            return
-    raise SystemExit(f"worker {node} did not answer within {START_TIMEOUT} s")
 
 
 @contextmanager

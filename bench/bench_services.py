@@ -1,5 +1,6 @@
 """The services a benchmark run owns: a private Redis server, a fresh migrated ledger database,
-a plain Celery client on them, and the ledger's verdict on the jobs a run sent.
+a plain Celery client on them, the ledger's verdict on the jobs a run sent, and how a worker
+is awaited and stopped.
 
 Nothing here touches the shared Redis on 6379 or a database another run may use: every
 server and database is made for the run and gone when its block ends.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -86,6 +88,19 @@ def wait_for_redis(url: str, server: subprocess.Popen[bytes]) -> None:
         client.close()
 
 
+def fresh_database(name: str) -> str:
+    """An empty database ``name`` (dropped first if it exists); its URL."""
+    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return f"{POSTGRES}/{name}"
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @contextmanager
 def fresh_ledger(purpose: str) -> Iterator[str]:
     """A new PostgreSQL database for this run, migrated with ``conveyor migrate``; its URL.
@@ -94,10 +109,7 @@ def fresh_ledger(purpose: str) -> Iterator[str]:
     is dropped when the block ends.
     """
     name = f"conveyor_bench_{purpose}_{os.getpid()}"
-    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"{POSTGRES}/{name}"
+    url = fresh_database(name)
     try:
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")},
@@ -111,8 +123,7 @@ def fresh_ledger(purpose: str) -> Iterator[str]:
         )  # fmt: skip
         yield url
     finally:
-        with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(name)
 
 
 def ledger_statuses(database: str, job_ids: list[str]) -> dict[str, int]:
@@ -124,12 +135,47 @@ def ledger_statuses(database: str, job_ids: list[str]) -> dict[str, int]:
     return {str(status): int(count) for status, count in rows}
 
 
-@contextmanager
-def celery_client(url: str) -> Iterator[Celery]:
-    """A plain Celery client (JSON only) on ``url``, broker and result backend; closed after."""
+def client_for(url: str) -> Celery:
+    """A plain Celery client (JSON only) on ``url``, broker and result backend."""
     client = Celery("bench-client", broker=url, backend=url, set_as_current=False)
     client.conf.update(task_serializer="json", accept_content=["json"])
+    return client
+
+
+@contextmanager
+def celery_client(url: str) -> Iterator[Celery]:
+    """:func:`client_for`, closed when the block ends."""
+    client = client_for(url)
     try:
         yield client
     finally:
         client.close()
+
+
+#: Seconds a worker may take to answer its first ping.
+START_TIMEOUT = 90
+
+
+def wait_ready(
+    client: Celery, node: str, process: subprocess.Popen[bytes], log: Path | None = None
+) -> None:
+    """Wait until worker ``node`` answers a ping; exit the benchmark if it cannot."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = f":\n{log.read_text()[-3000:]}" if log is not None else ""
+            raise SystemExit(f"worker {node} exited early{tail}")
+        if any(node in reply for reply in client.control.ping([node], timeout=0.5) or []):
+            return
+    raise SystemExit(f"worker {node} did not answer within {START_TIMEOUT} s")
+
+
+def stop(process: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM) -> None:
+    """``sig`` (SIGTERM: a warm shutdown for a Celery worker), then wait; kill if it hangs."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

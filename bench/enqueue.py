@@ -40,11 +40,10 @@ from bench_processes import (
     conveyor_env,
     exit_on_sigterm,
     process_tree,
-    stop,
     wait_healthy,
 )
 from bench_report import Row, Target, report
-from bench_services import BIN, ROOT, free_port, fresh_ledger, private_redis
+from bench_services import BIN, ROOT, free_port, fresh_ledger, private_redis, stop
 from celery import Celery
 
 TASK = "diagnostics.echo"
