@@ -50,11 +50,11 @@ bench: $(BENCH_STAMP) ## every benchmark against its baseline in the same run, a
 	$(BIN)/python bench/enqueue.py --duration 5
 	$(BIN)/python bench/io_concurrency.py --jobs 1000 --delay 1 --concurrency 500 --repeat 2
 	$(BIN)/python bench/cpu_spin.py --jobs 200 --milliseconds 50 --processes 2
-	$(BIN)/python bench/thumbnails.py --images 100 --concurrency 2 --repeat 2
+	$(BIN)/python bench/thumbnails.py --images 200 --concurrency 2 --repeat 2
 	$(BIN)/python bench/noop_drain.py --jobs 4000
-	$(BIN)/python bench/peers.py --jobs 4000
+	$(BIN)/python bench/peers.py --jobs 2000
 	$(BIN)/python bench/memory.py --jobs 20000
-	$(BIN)/python bench/retention_pressure.py --backlog 20000 --rate 100 --steady-seconds 15
+	$(BIN)/python bench/retention_pressure.py --backlog 10000 --rate 100 --steady-seconds 15
 	@echo "make bench took $$(( $$(date +%s) - $$(cat $(VENV)/.bench-started) )) s"
 
 demo: $(STAMP) ## a mixed workload through both pools on embedded defaults, with a summary

@@ -42,7 +42,7 @@ CPU_PROCESSES = 2
 WARMUP_JOBS = 1000
 BATCH = 1000
 #: Seconds a process is left alone before its memory is read.
-SETTLE_SECONDS = 3.0
+SETTLE_SECONDS = 2.0
 #: Seconds the N jobs may take before the benchmark gives up.
 DRAIN_TIMEOUT = 600.0
 

@@ -55,13 +55,14 @@ def backlog_left(database: str) -> bool:
     return bool(row and row[0])
 
 
-def flow(client: Celery, rate: float, until: Callable[[], bool]) -> dict[str, float]:
-    """Send at ``rate`` jobs/s until ``until()`` is true; job id → send time (Unix)."""
+def flow(client: Celery, rate: float, until: Callable[[float], bool]) -> dict[str, float]:
+    """Send at ``rate`` jobs/s until ``until(seconds since the first send)`` is true;
+    job id → send time (Unix)."""
     sent: dict[str, float] = {}
     started = checked = time.monotonic()
     while True:
         if time.monotonic() - checked >= 0.5:  # the check reads the ledger: twice a second
-            if until():
+            if until(time.monotonic() - started):
                 break
             checked = time.monotonic()
         due = started + len(sent) / rate
@@ -93,7 +94,11 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def run_phase(
-    env: dict[str, str], workdir: Path, retention: str, rate: float, until: Callable[[], bool]
+    env: dict[str, str],
+    workdir: Path,
+    retention: str,
+    rate: float,
+    until: Callable[[float], bool],
 ) -> list[float]:
     phase_env = {**env, "CONVEYOR_JOB_RETENTION": retention}
     with (
@@ -125,13 +130,13 @@ def main() -> None:
             with psycopg.connect(database) as connection:
                 for statement in (_BACKLOG_JOBS, _BACKLOG_ATTEMPTS):
                     connection.execute(statement, {"count": args.backlog})
-            steady_until = time.monotonic() + args.steady_seconds
+            # the steady phase's time counts from its first send, not from the worker's start
             steady = run_phase(
-                env, workdir, "14d", args.rate, lambda: time.monotonic() > steady_until
+                env, workdir, "14d", args.rate, lambda seconds: seconds > args.steady_seconds
             )
             assert backlog_left(database), "nothing is due in the steady phase"
             pruning_started = time.monotonic()
-            pruning = run_phase(env, workdir, "1d", args.rate, lambda: not backlog_left(database))
+            pruning = run_phase(env, workdir, "1d", args.rate, lambda _: not backlog_left(database))
             pruned_in = time.monotonic() - pruning_started
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
