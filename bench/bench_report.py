@@ -70,7 +70,7 @@ class Row:
 
     def markdown(self, bench: str, wall: float) -> str:
         baseline = "" if self.baseline is None else f"{number(self.baseline)} {self.baseline_label}"
-        ratio = "" if self.ratio is None else f"{self.ratio:.2f}x"
+        ratio = "" if self.ratio is None else f"{self.ratio:.3f}x"
         target = "" if self.target is None else self.target.text()
         met = {None: "", True: "yes", False: "**no**"}[self.met]
         cells = [bench, self.measure, number(self.conveyor), baseline.strip(), ratio, target, met]
