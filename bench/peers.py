@@ -113,7 +113,10 @@ def main() -> None:
         Row(f"no-op drain of {args.jobs:,} jobs, jobs/s", None, rates[name], label)
         for name, (label, _) in PEERS.items()
     ]
-    figures = {"jobs": args.jobs, **{f"{name}_jobs_per_s": rate for name, rate in rates.items()}}
+    figures = {
+        "jobs": args.jobs,
+        **{f"{name}_jobs_per_s": round(r, 1) for name, r in rates.items()},
+    }
     report("peers", rows, figures, started_at)
 
 
