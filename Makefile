@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
@@ -20,10 +21,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install Conveyor with its development tools
 
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
 lint: $(STAMP) ## ruff, mypy --strict (the packages and the tests) and the import contract between the layers
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check conveyor workers tasks api_shim tests
-	$(BIN)/mypy conveyor workers tasks api_shim tests
+	$(BIN)/ruff format --check conveyor workers tasks api_shim tests bench
+	$(BIN)/mypy conveyor workers tasks api_shim tests bench
 	$(BIN)/lint-imports
 
 test: $(STAMP) ## the whole suite: unit, integration (real Redis/PostgreSQL/workers), chaos but the longest fault scenarios
@@ -38,10 +43,19 @@ integration: $(STAMP) ## integration tests against real Redis, PostgreSQL and wo
 chaos: $(STAMP) ## every fault-injection scenario: kills, Redis and database faults, restarts (seed printed; CONVEYOR_CHAOS_SEED replays)
 	$(BIN)/pytest -s tests/chaos
 
-bench: $(STAMP) ## benchmarks against plain Celery in the same run (figures in bench/RESULTS.md)
-	$(BIN)/python bench/worker_drain.py --jobs 1000 --sleep 0.5 --concurrency 500
-	$(BIN)/python bench/enqueue.py --duration 10
-	$(BIN)/python bench/retention_pressure.py --backlog 100000 --rate 100
+bench: $(BENCH_STAMP) ## every benchmark against its baseline in the same run, about 9 minutes (bench/README.md)
+	@date +%s > $(VENV)/.bench-started
+	$(BIN)/python bench/broker_ceiling.py --requests 200000 --clients 50
+	$(BIN)/python bench/latency.py --jobs 300
+	$(BIN)/python bench/enqueue.py --duration 5
+	$(BIN)/python bench/io_concurrency.py --jobs 1000 --delay 1 --concurrency 500 --repeat 2
+	$(BIN)/python bench/cpu_spin.py --jobs 200 --milliseconds 50 --processes 2
+	$(BIN)/python bench/thumbnails.py --images 200 --concurrency 2 --repeat 2
+	$(BIN)/python bench/noop_drain.py --jobs 4000
+	$(BIN)/python bench/peers.py --jobs 2000
+	$(BIN)/python bench/memory.py --jobs 20000
+	$(BIN)/python bench/retention_pressure.py --backlog 10000 --rate 100 --steady-seconds 15
+	@echo "make bench took $$(( $$(date +%s) - $$(cat $(VENV)/.bench-started) )) s"
 
 demo: $(STAMP) ## a mixed workload through both pools on embedded defaults, with a summary
 	$(BIN)/conveyor demo $(DEMO_ARGS)

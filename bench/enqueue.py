@@ -23,7 +23,6 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,20 +30,22 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import redis
-from bench_services import drop_database, fresh_database
+from bench_processes import (
+    HOST,
+    conveyor_env,
+    exit_on_sigterm,
+    process_tree,
+    wait_healthy,
+)
+from bench_report import Row, Target, report
+from bench_services import BIN, ROOT, free_port, fresh_ledger, private_redis, stop
 from celery import Celery
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-REDIS = "redis://127.0.0.1:6379"
-DATABASE = "conveyor_bench_enqueue"
-HOST = "127.0.0.1"
 TASK = "diagnostics.echo"
 # normal priority is kombu's step 3 of the io queue; a plain send_task lands on step 0
 CONVEYOR_QUEUE = "io\x06\x163"
@@ -97,6 +98,7 @@ class PhaseResult:
 
     label: str
     jobs_per_request: int
+    rate: float | None = None  # offered requests/s of a paced phase
     latencies: list[float] = field(default_factory=list)
     window: float = 0.0
     accepted_jobs: int = 0  # every job answered 202, warm-up and tail included
@@ -141,18 +143,6 @@ def _process_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
-def _descendants(pid: int) -> list[int]:
-    found = [pid]
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for child in children:
-            found.extend(_descendants(int(child)))
-    return found
-
-
 def _processes_named(prefix: str) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
@@ -180,7 +170,7 @@ def connection_split(port: int, server_pid: int | None) -> tuple[int, ...]:
         if fields[1].endswith(local) and fields[3] == "01":  # ESTABLISHED
             inodes.add(f"socket:[{fields[9]}]")
     counts = []
-    for pid in _descendants(server_pid):
+    for pid in process_tree(server_pid):
         held = 0
         for fd in Path(f"/proc/{pid}/fd").glob("*"):
             try:
@@ -194,7 +184,7 @@ def connection_split(port: int, server_pid: int | None) -> tuple[int, ...]:
 
 def cpu_sample(server_pid: int | None) -> CpuSample:
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    server = _descendants(server_pid) if server_pid else []
+    server = process_tree(server_pid) if server_pid else []
     counters = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = counters[3] + counters[4]  # idle, iowait
     total = sum(counters[:8])  # guest time is already in user
@@ -226,46 +216,11 @@ def cpu_share(before: CpuSample, after: CpuSample, window: float) -> CpuShare:
 # --- setup ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def ledger_rows(database: str) -> int:
     with psycopg.connect(database) as connection:
         row = connection.execute("SELECT count(*) FROM jobs").fetchone()
     assert row is not None
     return int(row[0])
-
-
-def wait_healthy(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the API exited early; its log:\n{log.read_text()[-3000:]}")
-        connection = HTTPConnection(HOST, port, timeout=2)
-        try:
-            connection.request("GET", "/healthz")
-            if connection.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        finally:
-            connection.close()
-        time.sleep(0.2)
-    raise SystemExit("the API did not answer /healthz within 60 s")
-
-
-def stop(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # --- the HTTP load generator ----------------------------------------------------------------
@@ -555,54 +510,75 @@ def report_ratios(results: Sequence[PhaseResult], plain: PhaseResult | None) -> 
         print(f"target {target}: {'met' if met else 'MISSED'}")
 
 
-def main() -> None:  # noqa: PLR0915 - one run, top to bottom
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
-    parser.add_argument("--count", type=int, help="measured requests per phase instead")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
-    parser.add_argument("--clients", type=int, default=50, help="concurrent HTTP connections")
-    parser.add_argument("--api-workers", type=int, default=2, help="uvicorn worker processes")
-    parser.add_argument("--redis-db", type=int, default=12)
-    parser.add_argument(
-        "--phases",
-        default="plain,single1500,single,batch100,batch1000",
-        help="comma-separated: plain, " + ", ".join(PHASES),
-    )
-    parser.add_argument(
-        "--profile",
-        metavar="DIR",
-        help="serve with one uvicorn worker under cProfile, every thread profiled, and write "
-        "DIR/main.prof and DIR/thread-<name>.prof (figures then describe the profiled server)",
-    )
-    args = parser.parse_args()
-    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
-    unknown = set(phases) - {"plain", *PHASES}
-    if unknown:
-        parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
+def report_line(
+    results: Sequence[PhaseResult],
+    plain: PhaseResult | None,
+    args: argparse.Namespace,
+    started: float,
+) -> None:
+    """The rows and the JSON line: each Conveyor phase against send_task from one process."""
+    rows: list[Row] = []
+    figures: dict[str, float | int | str | None] = {
+        "clients": args.clients,
+        "api_workers": args.api_workers,
+        "duration_s": args.duration,
+        "consistent": str(all(r.consistent for r in results)),
+    }
+    for r in results:
+        key = r.label.split(" (")[0]
+        figures[f"{key} jobs/s"] = round(r.jobs_per_s, 1)
+        figures[f"{key} p50 ms"] = round(r.percentile_ms(0.50), 2)
+        figures[f"{key} p99 ms"] = round(r.percentile_ms(0.99), 2)
+        figures[f"{key} jobs answered"] = r.accepted_jobs
+    plain_label = "plain send_task, 1 process"
+    plain_rate = plain.jobs_per_s if plain is not None else None
+    for r in results:
+        if r is plain:
+            continue
+        if r.rate is not None:
+            rows.append(
+                Row(
+                    f"p99 ms from scheduled time, {r.label} ({r.jobs_per_s:,.0f} jobs/s served)",
+                    r.percentile_ms(0.99),
+                    plain.percentile_ms(0.99) if plain is not None else None,
+                    f"{plain_label}, per call",
+                    Target("<", TARGET_SINGLE_P99_MS),
+                )
+            )
+        elif r.jobs_per_request == 1:
+            rows.append(Row(f"jobs/s, {r.label}, unpaced", r.jobs_per_s, plain_rate, plain_label))
+        else:
+            rows.append(
+                Row(
+                    f"jobs/s, {r.label}",
+                    r.jobs_per_s,
+                    plain_rate,
+                    plain_label,
+                    Target(">=", TARGET_BATCH_JOBS_PER_S),
+                )
+            )
+    report("enqueue", rows, figures, started)
 
-    before = cpu_sample(None)
-    time.sleep(2)
-    idle_load = cpu_share(before, cpu_sample(None), 2.0)
-    redis_url = f"{REDIS}/{args.redis_db}"
+
+def run(
+    args: argparse.Namespace, phases: list[str], redis_url: str, database: str, workdir: Path
+) -> tuple[list[PhaseResult], PhaseResult | None, subprocess.Popen[bytes], Path]:
+    """Start the API on this run's services and measure every phase; the results, the plain
+    phase's among them, the API's process (ended) and its log."""
+    plain: PhaseResult | None = None
     broker = redis.Redis.from_url(redis_url)
-    database = fresh_database(DATABASE)
     secret = secrets.token_urlsafe(24)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-enqueue-"))
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")},
-        "CONVEYOR_ENV": "test",
-        "CONVEYOR_REDIS_URL": redis_url,
-        "CONVEYOR_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{DATABASE}",
-        "CONVEYOR_API_KEYS": f"{CLIENT_ID}:{secret}",
-        "CONVEYOR_RATE_LIMIT": "1000000/second",
-        "CONVEYOR_LOG_LEVEL": "WARNING",
-        "CONVEYOR_STORAGE_DIR": str(workdir / "blobs"),
+        **conveyor_env(
+            redis_url,
+            database,
+            api_keys=f"{CLIENT_ID}:{secret}",
+            rate_limit="1000000/second",
+            storage_dir=str(workdir / "blobs"),
+        ),
         "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
     }
     (workdir / "metrics").mkdir()
-    subprocess.run(
-        [str(BIN / "conveyor"), "migrate"], env=env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL
-    )
     port = free_port()
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
@@ -619,16 +595,10 @@ def main() -> None:  # noqa: PLR0915 - one run, top to bottom
     )
     log_path = workdir / "api.log"
     results: list[PhaseResult] = []
-    plain: PhaseResult | None = None
     print(
         f"{args.clients} clients, {args.warmup:g} s warm-up, "
         + (f"{args.count} requests" if args.count else f"{args.duration:g} s")
         + f" measured per phase; API: {server}; {os.cpu_count()} cores shared by everything",
-    )
-    print(
-        f"before the run, other processes kept {idle_load.machine:.2f} cores busy "
-        f"(PostgreSQL {idle_load.postgres:.2f}, Redis {idle_load.redis:.2f})",
-        flush=True,
     )
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -648,7 +618,7 @@ def main() -> None:  # noqa: PLR0915 - one run, top to bottom
                     results.append(plain)
                 else:
                     phase = PHASES[name]
-                    result = PhaseResult(phase.label, phase.jobs_per_request)
+                    result = PhaseResult(phase.label, phase.jobs_per_request, phase.rate)
                     rows_before = ledger_rows(database)
                     request = post_request(port, phase.path, body_of(phase), secret)
 
@@ -682,9 +652,47 @@ def main() -> None:  # noqa: PLR0915 - one run, top to bottom
                 )
         finally:
             stop(process, signal.SIGINT if args.profile else signal.SIGTERM)
-            broker.flushdb()
             broker.close()
-            drop_database(DATABASE)
+    return results, plain, process, log_path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
+    parser.add_argument("--count", type=int, help="measured requests per phase instead")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    parser.add_argument("--clients", type=int, default=50, help="concurrent HTTP connections")
+    parser.add_argument("--api-workers", type=int, default=2, help="uvicorn worker processes")
+    parser.add_argument(
+        "--phases",
+        default="plain,single1500,single,batch100,batch1000",
+        help="comma-separated: plain, " + ", ".join(PHASES),
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="serve with one uvicorn worker under cProfile, every thread profiled, and write "
+        "DIR/main.prof and DIR/thread-<name>.prof (figures then describe the profiled server)",
+    )
+    args = parser.parse_args()
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    unknown = set(phases) - {"plain", *PHASES}
+    if unknown:
+        parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
+
+    started = time.monotonic()
+    exit_on_sigterm()
+    before = cpu_sample(None)
+    time.sleep(2)
+    idle_load = cpu_share(before, cpu_sample(None), 2.0)
+    print(
+        f"before the run, other processes kept {idle_load.machine:.2f} cores busy "
+        f"(PostgreSQL {idle_load.postgres:.2f}, Redis {idle_load.redis:.2f})",
+        flush=True,
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="bench-enqueue-"))
+    with private_redis() as redis_url, fresh_ledger("enqueue") as database:
+        results, plain, process, log_path = run(args, phases, redis_url, database, workdir)
     if process.returncode not in (0, -signal.SIGTERM, -signal.SIGINT):
         print(f"the API exited with {process.returncode}; its log: {log_path}")
     else:
@@ -693,6 +701,7 @@ def main() -> None:  # noqa: PLR0915 - one run, top to bottom
     print()
     report_problems(results)
     report_ratios(results, plain)
+    report_line(results, plain, args, started)
     if any(not r.consistent for r in results):
         raise SystemExit(1)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -110,6 +111,9 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.2, help="seconds before each answer")
     parser.add_argument("--secret", help="check X-Conveyor-Signature with this secret")
     args = parser.parse_args()
+    # a connection is a file: a thousand held at once need more than a default soft limit
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     uvicorn.run(
         Receiver(args.delay, args.secret),
         host=HOST,
@@ -119,7 +123,8 @@ def main() -> None:
         server_header=False,
         date_header=False,
         lifespan="off",
-        backlog=4096,
+        backlog=4096,  # a burst of a thousand new connections waits in the queue, not refused
+        limit_concurrency=None,
         # the senders keep connections for 30 s; do not close them under a running benchmark
         timeout_keep_alive=60,
     )

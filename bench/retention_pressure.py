@@ -14,22 +14,19 @@ ledger's ``finished_at``. Prints both phases' p50/p99, the ratio and one JSON li
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
+import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
-from bench_services import client_for, drop_database, fresh_database, stop, wait_ready
+from bench_processes import conveyor_env, conveyor_worker, exit_on_sigterm
+from bench_report import Row, Target, report
+from bench_services import celery_client, fresh_ledger, private_redis
 from celery import Celery
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-REDIS = "redis://127.0.0.1:6379/13"
-DATABASE = "conveyor_bench_retention"
+TARGET_P99_RATIO = 1.2
 
 _BACKLOG_JOBS = """
 INSERT INTO jobs (id, task, queue, status, args, priority, attempts, max_attempts,
@@ -58,13 +55,14 @@ def backlog_left(database: str) -> bool:
     return bool(row and row[0])
 
 
-def flow(client: Celery, rate: float, until: object) -> dict[str, float]:
-    """Send at ``rate`` jobs/s until ``until()`` is true; job id → send time (Unix)."""
+def flow(client: Celery, rate: float, until: Callable[[float], bool]) -> dict[str, float]:
+    """Send at ``rate`` jobs/s until ``until(seconds since the first send)`` is true;
+    job id → send time (Unix)."""
     sent: dict[str, float] = {}
     started = checked = time.monotonic()
     while True:
         if time.monotonic() - checked >= 0.5:  # the check reads the ledger: twice a second
-            if until():  # type: ignore[operator]
+            if until(time.monotonic() - started):
                 break
             checked = time.monotonic()
         due = started + len(sent) / rate
@@ -95,23 +93,20 @@ def percentile(values: list[float], fraction: float) -> float:
     return values[min(len(values) - 1, int(fraction * len(values)))]
 
 
-def run_phase(env: dict[str, str], retention: str, rate: float, until: object) -> list[float]:
-    log_path = Path(tempfile.gettempdir()) / f"bench-retention-{retention}.log"
-    node = f"retention-{retention}@bench"
-    command = [str(BIN / "conveyor"), "worker", "io", "-n", node]
+def run_phase(
+    env: dict[str, str],
+    workdir: Path,
+    retention: str,
+    rate: float,
+    until: Callable[[float], bool],
+) -> list[float]:
     phase_env = {**env, "CONVEYOR_JOB_RETENTION": retention}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, env=phase_env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
-        )
-    client = client_for(env["CONVEYOR_REDIS_URL"])
-    try:
-        wait_ready(client, node, process, log_path)
+    with (
+        conveyor_worker("io", phase_env, workdir, f"retention-{retention}"),
+        celery_client(env["CONVEYOR_REDIS_URL"]) as client,
+    ):
         sent = flow(client, rate, until)
         return latencies(env["CONVEYOR_DATABASE_URL"], sent)
-    finally:
-        stop(process)
-        client.close()
 
 
 def main() -> None:
@@ -121,33 +116,32 @@ def main() -> None:
     parser.add_argument("--steady-seconds", type=float, default=60.0)
     parser.add_argument("--concurrency", type=int, default=50)
     args = parser.parse_args()
-
-    client_for(REDIS).backend.client.flushdb()
-    database = fresh_database(DATABASE)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")},
-        "CONVEYOR_ENV": "test",
-        "CONVEYOR_REDIS_URL": REDIS,
-        "CONVEYOR_DATABASE_URL": database,
-        "CONVEYOR_IO_CONCURRENCY": str(args.concurrency),
-        "CONVEYOR_LOG_LEVEL": "INFO",
-    }
+    exit_on_sigterm()
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-retention-"))
     try:
-        subprocess.run([str(BIN / "conveyor"), "migrate"], env=env, check=True, cwd=ROOT)
-        with psycopg.connect(database) as connection:
-            for statement in (_BACKLOG_JOBS, _BACKLOG_ATTEMPTS):
-                connection.execute(statement, {"count": args.backlog})
-        steady_until = time.monotonic() + args.steady_seconds
-        steady = run_phase(env, "14d", args.rate, lambda: time.monotonic() > steady_until)
-        assert backlog_left(database), "nothing is due in the steady phase"
-        pruning_started = time.monotonic()
-        pruning = run_phase(env, "1d", args.rate, lambda: not backlog_left(database))
-        pruned_in = time.monotonic() - pruning_started
+        with private_redis() as redis_url, fresh_ledger("retention") as database:
+            env = conveyor_env(
+                redis_url,
+                database,
+                io_concurrency=str(args.concurrency),
+                storage_dir=str(workdir / "blobs"),
+            )
+            with psycopg.connect(database) as connection:
+                for statement in (_BACKLOG_JOBS, _BACKLOG_ATTEMPTS):
+                    connection.execute(statement, {"count": args.backlog})
+            # the steady phase's time counts from its first send, not from the worker's start
+            steady = run_phase(
+                env, workdir, "14d", args.rate, lambda seconds: seconds > args.steady_seconds
+            )
+            assert backlog_left(database), "nothing is due in the steady phase"
+            pruning_started = time.monotonic()
+            pruning = run_phase(env, workdir, "1d", args.rate, lambda _: not backlog_left(database))
+            pruned_in = time.monotonic() - pruning_started
     finally:
-        drop_database(DATABASE)
+        shutil.rmtree(workdir, ignore_errors=True)
 
-    figures = {
-        "benchmark": "retention_pressure",
+    figures: dict[str, float | int | str | None] = {
         "backlog": args.backlog,
         "rate": args.rate,
         "steady_jobs": len(steady),
@@ -158,13 +152,28 @@ def main() -> None:
         "pruning_p99_ms": round(percentile(pruning, 0.99) * 1000, 1),
         "pruned_in_seconds": round(pruned_in, 1),
     }
-    figures["p99_ratio"] = round(figures["pruning_p99_ms"] / figures["steady_p99_ms"], 2)
-    print(f"{args.backlog} finished jobs pruned while {args.rate:.0f} jobs/s flow (io worker, -c {args.concurrency})")  # noqa: E501
+    steady_p99, pruning_p99 = figures["steady_p99_ms"], figures["pruning_p99_ms"]
+    assert isinstance(steady_p99, float)
+    assert isinstance(pruning_p99, float)
+    figures["p99_ratio"] = round(pruning_p99 / steady_p99, 2)
+    print(
+        f"{args.backlog} finished jobs pruned while {args.rate:.0f} jobs/s flow "
+        f"(io worker, -c {args.concurrency})"
+    )
     print(f"  {'phase':<22} {'jobs':>6} {'p50 ms':>8} {'p99 ms':>8}")
-    print(f"  {'nothing to prune':<22} {len(steady):>6} {figures['steady_p50_ms']:>8} {figures['steady_p99_ms']:>8}")  # noqa: E501
-    print(f"  {'pruning the backlog':<22} {len(pruning):>6} {figures['pruning_p50_ms']:>8} {figures['pruning_p99_ms']:>8}")  # noqa: E501
-    print(f"  backlog gone in {pruned_in:.1f} s; p99 ratio {figures['p99_ratio']}x (target 1.2x)")
-    print(json.dumps(figures))
+    for label, phase in (("nothing to prune", "steady"), ("pruning the backlog", "pruning")):
+        jobs, p50, p99 = (figures[f"{phase}_{name}"] for name in ("jobs", "p50_ms", "p99_ms"))
+        print(f"  {label:<22} {jobs:>6} {p50:>8} {p99:>8}")
+    print(f"  backlog gone in {pruned_in:.1f} s; p99 ratio {figures['p99_ratio']}x")
+    row = Row(
+        f"p99 ms, send to finished, {args.rate:g} jobs/s while {args.backlog:,} old jobs "
+        "are pruned",
+        pruning_p99,
+        steady_p99,
+        "same flow, nothing to prune",
+        Target("<=", TARGET_P99_RATIO, on_ratio=True),
+    )
+    report("retention_pressure", [row], figures, started)
 
 
 if __name__ == "__main__":

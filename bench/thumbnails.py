@@ -25,9 +25,7 @@ import io
 import os
 import random
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,14 +34,10 @@ from multiprocessing import Pool
 from pathlib import Path
 from typing import Any
 
-from bench_services import (
-    client_for,
-    drop_database,
-    fresh_database,
-    ledger_statuses,
-    stop,
-    wait_ready,
-)
+from bench_processes import conveyor_env, conveyor_worker, exit_on_sigterm
+from bench_report import Row, Target
+from bench_report import report as report_rows
+from bench_services import celery_client, fresh_ledger, ledger_statuses, private_redis
 from celery import Celery
 from PIL import Image, ImageDraw
 
@@ -53,10 +47,7 @@ from workers.blob_store import BlobStore
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-HOST = "127.0.0.1"
-REDIS = f"redis://{HOST}:6379"
-DATABASE = "conveyor_bench_thumbnails"
-TARGET_RATIO = 0.85
+TARGET_RATIO = 0.9
 SIZE = (2000, 1500)
 BOXES = [(320, 240), (160, 120), (64, 64)]
 FORMAT: ThumbnailFormat = "webp"
@@ -213,27 +204,49 @@ def report(
     print(f"target Conveyor / plain loop >= {TARGET_RATIO}: {verdict} ({ratio:.2f}x)")
 
 
+def report_line(
+    args: argparse.Namespace, plain: list[float], conveyor: list[float], started: float
+) -> None:
+    """The row and the JSON line: the median run of each side, as images/s."""
+    n = args.images
+    plain_rate, conveyor_rate = n / statistics.median(plain), n / statistics.median(conveyor)
+    row = Row(
+        f"images/s, {n} JPEG {SIZE[0]}x{SIZE[1]} to {len(BOXES)} {FORMAT} thumbnails, "
+        f"{args.concurrency} processes, median of {args.repeat}",
+        conveyor_rate,
+        plain_rate,
+        f"plain loop (multiprocessing.Pool({args.concurrency}))",
+        Target(">=", TARGET_RATIO, on_ratio=True),
+    )
+    figures = {
+        "images": n,
+        "concurrency": args.concurrency,
+        "repeat": args.repeat,
+        "plain_images_per_s": round(plain_rate, 2),
+        "conveyor_images_per_s": round(conveyor_rate, 2),
+        "plain_s": ",".join(f"{seconds:.2f}" for seconds in plain),
+        "conveyor_s": ",".join(f"{seconds:.2f}" for seconds in conveyor),
+        "ratio": round(conveyor_rate / plain_rate, 3),
+    }
+    report_rows("thumbnails", [row], figures, started)
+
+
 def main() -> None:  # noqa: PLR0915 - one run, top to bottom
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=2, help="processes on each side")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per side")
-    parser.add_argument("--redis-db", type=int, default=13)
     args = parser.parse_args()
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    run_started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="bench-thumbnails-"))
     plain_store = BlobStore(workdir / "plain")
     conveyor_store = BlobStore(workdir / "conveyor")
-    redis_url = f"{REDIS}/{args.redis_db}"
-    worker: subprocess.Popen[bytes] | None = None
-    client: Celery | None = None
     plain_times: list[float] = []
     conveyor_times: list[float] = []
     ok = False
     # the plain side's processes, forked now, before this process holds any connection
     with Pool(args.concurrency) as pool:
-        # SIGTERM runs the finally below too, so no worker or pool process is left behind
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+        exit_on_sigterm()  # so no worker or pool process is left behind
         try:
             started = time.monotonic()
             count = WARMUP_IMAGES + args.images
@@ -252,66 +265,47 @@ def main() -> None:  # noqa: PLR0915 - one run, top to bottom
                 f"(mean {mean_mb:.2f} MB); blob stores in {workdir}",
                 flush=True,
             )
+            with private_redis() as redis_url, fresh_ledger("thumbnails") as database:
+                env = conveyor_env(
+                    redis_url,
+                    database,
+                    cpu_concurrency=str(args.concurrency),
+                    storage_dir=str(conveyor_store.root),
+                )
+                with (
+                    conveyor_worker("cpu", env, workdir, "thumbnails"),
+                    celery_client(redis_url) as client,
+                ):
+                    # warm-up: imports and connections in every worker process, on other images
+                    run_plain(pool, plain_store.root, warmup)
+                    run_conveyor(client, warmup)
+                    print("worker ready, both sides warmed up", flush=True)
 
-            client = client_for(redis_url)
-            client.backend.client.flushdb()
-            database = fresh_database(DATABASE)
-            env = {
-                **base_env,
-                "CONVEYOR_ENV": "test",
-                "CONVEYOR_REDIS_URL": redis_url,
-                "CONVEYOR_DATABASE_URL": database,
-                "CONVEYOR_CPU_CONCURRENCY": str(args.concurrency),
-                "CONVEYOR_STORAGE_DIR": str(conveyor_store.root),
-                "CONVEYOR_LOG_LEVEL": "WARNING",
-            }
-            subprocess.run(
-                [str(BIN / "conveyor"), "migrate"],
-                env=env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
-            )  # fmt: skip
-            node = "conveyor@bench-thumbnails"
-            log_path = workdir / "conveyor.log"
-            with log_path.open("wb") as log:
-                worker = subprocess.Popen(
-                    [str(BIN / "conveyor"), "worker", "cpu", "-n", node],
-                    env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                )  # fmt: skip
-            wait_ready(client, node, worker, log_path)
-
-            # warm-up: imports and connections in every worker process, on other images
-            run_plain(pool, plain_store.root, warmup)
-            run_conveyor(client, warmup)
-            print("worker ready, both sides warmed up", flush=True)
-
-            for number in range(1, args.repeat + 1):
-                produced: dict[str, set[str]] = {}
-                # alternate who goes first, so a drift in the machine's load hits both sides
-                for side in ("plain", "conveyor") if number % 2 else ("conveyor", "plain"):
-                    if side == "plain":
-                        clear_thumbnails(plain_store, sources)
-                        seconds, outputs = run_plain(pool, plain_store.root, images)
-                        plain_times.append(seconds)
-                    else:
-                        clear_thumbnails(conveyor_store, sources)
-                        seconds, outputs = checked_conveyor_run(client, images, database)
-                        conveyor_times.append(seconds)
-                    produced[side] = thumbnail_blobs(outputs, args.images)
-                    print(f"  run {number}: {side} {seconds:.2f} s", flush=True)
-                check_same_thumbnails(produced, conveyor_store, sources)
+                    for number in range(1, args.repeat + 1):
+                        produced: dict[str, set[str]] = {}
+                        # alternate who goes first, so a drift in the load hits both sides
+                        order = ("plain", "conveyor") if number % 2 else ("conveyor", "plain")
+                        for side in order:
+                            if side == "plain":
+                                clear_thumbnails(plain_store, sources)
+                                seconds, outputs = run_plain(pool, plain_store.root, images)
+                                plain_times.append(seconds)
+                            else:
+                                clear_thumbnails(conveyor_store, sources)
+                                seconds, outputs = checked_conveyor_run(client, images, database)
+                                conveyor_times.append(seconds)
+                            produced[side] = thumbnail_blobs(outputs, args.images)
+                            print(f"  run {number}: {side} {seconds:.2f} s", flush=True)
+                        check_same_thumbnails(produced, conveyor_store, sources)
             load = " / ".join(f"{value:.2f}" for value in os.getloadavg())
             ok = True
         finally:
-            if worker is not None:
-                stop(worker)
-            if client is not None:
-                client.backend.client.flushdb()
-                client.close()
             if ok:
-                drop_database(DATABASE)
                 shutil.rmtree(workdir, ignore_errors=True)
             else:
                 print(f"blob stores and the worker log kept in {workdir}", file=sys.stderr)
     report(args, plain_times, conveyor_times, mean_mb, load)
+    report_line(args, plain_times, conveyor_times, run_started)
 
 
 if __name__ == "__main__":

@@ -19,54 +19,52 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
-from bench_services import (
-    client_for,
-    drop_database,
-    fresh_database,
-    ledger_statuses,
-    stop,
-    wait_ready,
+from bench_processes import (
+    HOST,
+    Popen,
+    base_env,
+    conveyor_env,
+    conveyor_worker,
+    exit_on_sigterm,
+    plain_env,
+    plain_worker,
+    started,
 )
+from bench_report import Row, Target, report
+from bench_services import celery_client, free_port, fresh_ledger, ledger_statuses, private_redis
 from celery import Celery
 
 from tasks.io.webhooks import encode_payload
 from workers.settings import DEV_WEBHOOK_SIGNING_SECRET
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-HOST = "127.0.0.1"
-REDIS = f"redis://{HOST}:6379"
-DATABASE = "conveyor_bench_webhooks"
-TARGET_RATIO = 1.25
 CONVEYOR_TASK = "webhooks.deliver"
 PLAIN_TASK = "plain.webhooks.deliver"
 
 
-# --- processes ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Fanout:
+    """A fan-out benchmark: its name in the report, its target and its default sizes."""
+
+    bench: str
+    target_ratio: float
+    jobs: int
+    delay: float
+    concurrency: int
+    repeat: int
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def start(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("wb") as log:
-        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+#: The webhook fan-out this module runs as a script.
+WEBHOOK_FANOUT = Fanout("webhook_fanout", 1.25, jobs=2000, delay=0.2, concurrency=200, repeat=3)
 
 
 # --- the receiver ---------------------------------------------------------------------------
@@ -86,7 +84,7 @@ def receiver_call(port: int, method: str, path: str) -> dict[str, Any]:
         connection.close()
 
 
-def wait_receiver(port: int, process: subprocess.Popen[bytes], log_path: Path) -> None:
+def wait_receiver(port: int, process: Popen, log_path: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -116,7 +114,6 @@ def payload_of(n: int, tag: str) -> dict[str, Any]:
 class Side:
     label: str
     task: str
-    node: str
     client: Celery
     times: list[float] = field(default_factory=list)
     sends: list[float] = field(default_factory=list)
@@ -164,7 +161,10 @@ def checked_drain(
 # --- the run --------------------------------------------------------------------------------
 
 
-def report(args: argparse.Namespace, plain: Side, conveyor: Side, load: str) -> None:
+def report_drains(
+    args: argparse.Namespace, fanout: Fanout, plain: Side, conveyor: Side, load: str
+) -> float:
+    """The table of drains; the median per-drain ratio Conveyor / plain Celery."""
     floor = args.jobs * args.delay / args.concurrency
     ratios = [c / p for p, c in zip(plain.times, conveyor.times, strict=True)]
     plain_label = "plain Celery (tuned)" if args.tuned_plain else "plain Celery"
@@ -197,91 +197,83 @@ def report(args: argparse.Namespace, plain: Side, conveyor: Side, load: str) -> 
         f"Conveyor's ledger has {args.jobs} succeeded jobs per drain"
     )
     ratio = statistics.median(ratios)
-    verdict = "met" if ratio <= TARGET_RATIO else "MISSED"
-    print(f"target Conveyor / plain <= {TARGET_RATIO}: {verdict} ({ratio:.2f}x)")
+    verdict = "met" if ratio <= fanout.target_ratio else "MISSED"
+    print(f"target Conveyor / plain <= {fanout.target_ratio}: {verdict} ({ratio:.2f}x)")
+    return ratio
 
 
-def main() -> None:  # noqa: PLR0915 - one run, top to bottom
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=2000)
-    parser.add_argument("--delay", type=float, default=0.2, help="receiver's answer delay, s")
-    parser.add_argument("--concurrency", type=int, default=200)
-    parser.add_argument("--repeat", type=int, default=3, help="timed drains per side")
-    parser.add_argument(
-        "--tuned-plain",
-        action="store_true",
-        help="give plain Celery the shared result backend too (result_backend_thread_safe)",
+def report_line(
+    args: argparse.Namespace, fanout: Fanout, plain: Side, conveyor: Side, started_at: float
+) -> None:
+    """The rows and the JSON line: median drains against plain Celery and the floor."""
+    floor = args.jobs * args.delay / args.concurrency
+    ratios = [c / p for p, c in zip(plain.times, conveyor.times, strict=True)]
+    plain_s, conveyor_s = statistics.median(plain.times), statistics.median(conveyor.times)
+    measure = (
+        f"drain s, {args.jobs} webhooks answered after {args.delay:g} s, gevent -c "
+        f"{args.concurrency}, median of {args.repeat}"
     )
-    parser.add_argument("--conveyor-redis-db", type=int, default=13)
-    parser.add_argument("--plain-redis-db", type=int, default=14)
-    args = parser.parse_args()
-    # SIGTERM runs the finally below too, so no worker or receiver is left behind
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    rows = [
+        # the target holds the median of the per-drain ratios, which the row's figures approach
+        Row(
+            measure,
+            conveyor_s,
+            plain_s,
+            "plain Celery gevent, same HTTP client",
+            Target("<=", fanout.target_ratio, on_ratio=True),
+        ),
+        Row(measure, conveyor_s, floor, "floor"),
+    ]
+    figures = {
+        "jobs": args.jobs,
+        "delay_s": args.delay,
+        "concurrency": args.concurrency,
+        "repeat": args.repeat,
+        "floor_s": round(floor, 3),
+        "plain_s": ",".join(f"{seconds:.2f}" for seconds in plain.times),
+        "conveyor_s": ",".join(f"{seconds:.2f}" for seconds in conveyor.times),
+        "median_ratio": round(statistics.median(ratios), 3),
+        "peak_in_flight": max(conveyor.peaks + plain.peaks),
+    }
+    report(fanout.bench, rows, figures, started_at)
 
-    sample = payload_of(1, "check")
-    assert json.loads(encode_payload(sample)) == sample  # the body both sides send
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-    workdir = Path(tempfile.mkdtemp(prefix="bench-webhooks-"))
+
+def run(args: argparse.Namespace, workdir: Path) -> tuple[Side, Side, str]:
+    """Start the receiver and both workers, warm them up, alternate the timed drains."""
     port = free_port()
-    conveyor_url = f"{REDIS}/{args.conveyor_redis_db}"
-    plain_url = f"{REDIS}/{args.plain_redis_db}"
-    processes: list[subprocess.Popen[bytes]] = []
-    clients: list[Celery] = []
-    ok = False
-    try:
+    with ExitStack() as stack:
         receiver_log = workdir / "receiver.log"
-        receiver = start(
-            [sys.executable, str(ROOT / "bench" / "receiver.py"), "--port", str(port),
-             "--delay", str(args.delay), "--secret", DEV_WEBHOOK_SIGNING_SECRET],
-            base_env, receiver_log,
+        receiver = stack.enter_context(
+            started(
+                [sys.executable, str(Path(__file__).parent / "receiver.py"), "--port", str(port),
+                 "--delay", str(args.delay), "--secret", DEV_WEBHOOK_SIGNING_SECRET],
+                base_env(), receiver_log,
+            )
         )  # fmt: skip
-        processes.append(receiver)
         wait_receiver(port, receiver, receiver_log)
 
-        plain_client = client_for(plain_url)
-        clients.append(plain_client)
-        plain_client.backend.client.flushdb()
-        plain_log = workdir / "plain.log"
-        plain_node = "plain@bench-webhooks"
-        plain_worker = start(
-            [str(BIN / "celery"), "-A", "bench.plain_celery_webhooks", "worker", "-P", "gevent",
-             "-c", str(args.concurrency), "-Q", "io", "-n", plain_node, "--without-mingle",
-             "--prefetch-multiplier", "1", "-l", "WARNING"],
-            {**base_env, "BENCH_REDIS_URL": plain_url, "PYTHONPATH": str(ROOT),
-             "BENCH_POOL": str(args.concurrency + 20),
-             "BENCH_TUNED": "1" if args.tuned_plain else "0"},
-            plain_log,
+        plain_url = stack.enter_context(private_redis())
+        pool_size = args.concurrency + 20
+        stack.enter_context(
+            plain_worker(
+                "bench.plain_celery_webhooks", "gevent", args.concurrency,
+                plain_env(plain_url, pool_size=pool_size, tuned=args.tuned_plain),
+                workdir=workdir, name="plain-webhooks",
+            )
         )  # fmt: skip
-        processes.append(plain_worker)
 
-        conveyor_client = client_for(conveyor_url)
-        clients.append(conveyor_client)
-        conveyor_client.backend.client.flushdb()
-        database = fresh_database(DATABASE)
-        env = {
-            **base_env,
-            "CONVEYOR_ENV": "test",  # private networks allowed, the dev signing secret
-            "CONVEYOR_REDIS_URL": conveyor_url,
-            "CONVEYOR_DATABASE_URL": database,
-            "CONVEYOR_IO_CONCURRENCY": str(args.concurrency),
-            "CONVEYOR_STORAGE_DIR": str(workdir / "blobs"),
-            "CONVEYOR_LOG_LEVEL": "WARNING",
-        }
-        subprocess.run(
-            [str(BIN / "conveyor"), "migrate"],
-            env=env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        conveyor_log = workdir / "conveyor.log"
-        conveyor_node = "conveyor@bench-webhooks"
-        conveyor_worker = start(
-            [str(BIN / "conveyor"), "worker", "io", "-n", conveyor_node], env, conveyor_log
+        conveyor_url = stack.enter_context(private_redis())
+        database = stack.enter_context(fresh_ledger("webhooks"))
+        env = conveyor_env(
+            conveyor_url,
+            database,
+            io_concurrency=str(args.concurrency),
+            storage_dir=str(workdir / "blobs"),
         )
-        processes.append(conveyor_worker)
+        stack.enter_context(conveyor_worker("io", env, workdir, "conveyor-webhooks"))
 
-        plain = Side("plain Celery", PLAIN_TASK, plain_node, plain_client)
-        conveyor = Side("Conveyor", CONVEYOR_TASK, conveyor_node, conveyor_client)
-        wait_ready(plain_client, plain_node, plain_worker, plain_log)
-        wait_ready(conveyor_client, conveyor_node, conveyor_worker, conveyor_log)
+        plain = Side("plain Celery", PLAIN_TASK, stack.enter_context(celery_client(plain_url)))
+        conveyor = Side("Conveyor", CONVEYOR_TASK, stack.enter_context(celery_client(conveyor_url)))
         warmup = min(args.jobs, args.concurrency)
         for side, name in ((plain, "plain"), (conveyor, "conveyor")):
             # warm-up: imports, the Redis pools, one keep-alive connection per greenlet
@@ -303,19 +295,44 @@ def main() -> None:  # noqa: PLR0915 - one run, top to bottom
                 side.times.append(seconds)
                 print(f"  drain {n}: {side.label} {seconds:.2f} s", flush=True)
         load = " / ".join(f"{value:.2f}" for value in os.getloadavg())
+    return plain, conveyor, load
+
+
+def main_for(fanout: Fanout, doc: str) -> None:
+    """Parse the command line (defaults from ``fanout``), run, report."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=fanout.jobs)
+    parser.add_argument(
+        "--delay", type=float, default=fanout.delay, help="receiver's answer delay, s"
+    )
+    parser.add_argument("--concurrency", type=int, default=fanout.concurrency)
+    parser.add_argument("--repeat", type=int, default=fanout.repeat, help="timed drains per side")
+    parser.add_argument(
+        "--tuned-plain",
+        action="store_true",
+        help="give plain Celery the shared result backend too (result_backend_thread_safe)",
+    )
+    args = parser.parse_args()
+    exit_on_sigterm()  # the blocks of run() stop every worker and the receiver
+    started_at = time.monotonic()
+    sample = payload_of(1, "check")
+    assert json.loads(encode_payload(sample)) == sample  # the body both sides send
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{fanout.bench}-"))
+    ok = False
+    try:
+        plain, conveyor, load = run(args, workdir)
         ok = True
     finally:
-        for process in reversed(processes):
-            stop(process)
-        for client in clients:
-            client.backend.client.flushdb()
-            client.close()
         if ok:
-            drop_database(DATABASE)
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             print(f"logs kept in {workdir}", file=sys.stderr)
-    report(args, plain, conveyor, load)
+    report_drains(args, fanout, plain, conveyor, load)
+    report_line(args, fanout, plain, conveyor, started_at)
+
+
+def main() -> None:
+    main_for(WEBHOOK_FANOUT, __doc__ or "")
 
 
 if __name__ == "__main__":

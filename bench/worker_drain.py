@@ -1,8 +1,8 @@
 """Drain time of N sleeping io jobs: a Conveyor gevent worker against a plain Celery one.
 
-Both workers run in this run, on this machine, one after the other, against the same Redis
-(separate databases), with the same concurrency and the same task body. Prints both drain
-times, the floor (N x sleep / concurrency) and the ratio Conveyor / plain Celery.
+Both workers run in this run, on this machine, one after the other, each on a private Redis,
+with the same concurrency and the same task body. Prints both drain times, the floor
+(N x sleep / concurrency) and the ratio Conveyor / plain Celery.
 
     .venv/bin/python bench/worker_drain.py --jobs 1000 --sleep 0.5 --concurrency 500
 """
@@ -10,55 +10,48 @@ times, the floor (N x sleep / concurrency) and the ratio Conveyor / plain Celery
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
-import sys
+import shutil
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
-from bench_services import client_for, fresh_database, wait_ready
-from celery import Celery
+from bench_processes import (
+    Popen,
+    conveyor_env,
+    conveyor_worker,
+    exit_on_sigterm,
+    plain_env,
+    plain_worker,
+)
+from bench_report import Row, report
+from bench_services import celery_client, fresh_ledger, private_redis
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-REDIS = "redis://127.0.0.1:6379"
-
-
-def drain(client: Celery, jobs: int, sleep: float) -> float:
-    started = time.monotonic()
-    results = [
-        client.send_task(
-            "diagnostics.echo", kwargs={"value": n, "sleep_seconds": sleep}, queue="io"
-        )
-        for n in range(jobs)
-    ]
-    for result in results:
-        result.get(timeout=600)
-    return time.monotonic() - started
+WARMUP_JOBS = 50
 
 
-def run_worker(
-    command: list[str], env: dict[str, str], node: str, url: str, *, jobs: int, sleep: float
+def drain(redis_url: str, jobs: int, sleep: float) -> float:
+    with celery_client(redis_url) as client:
+        started = time.monotonic()
+        results = [
+            client.send_task(
+                "diagnostics.echo", kwargs={"value": n, "sleep_seconds": sleep}, queue="io"
+            )
+            for n in range(jobs)
+        ]
+        for result in results:
+            result.get(timeout=600)
+        return time.monotonic() - started
+
+
+def timed(
+    worker: Callable[[str], AbstractContextManager[Popen]], redis_url: str, jobs: int, sleep: float
 ) -> float:
-    """Start a worker, warm it up, time one drain, stop it (warm shutdown)."""
-    log_path = Path(tempfile.gettempdir()) / f"bench-{node.partition('@')[0]}.log"
-    with (
-        log_path.open("wb") as log,
-        subprocess.Popen(
-            command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
-        ) as process,
-    ):
-        client = client_for(url)
-        try:
-            wait_ready(client, node, process)
-            drain(client, min(50, jobs), 0.0)  # warm-up: connections, imports
-            return drain(client, jobs, sleep)
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(60)
-            client.close()
+    """Start a worker on ``redis_url``, warm it up, time one drain, stop it (warm shutdown)."""
+    with worker(redis_url):
+        drain(redis_url, min(WARMUP_JOBS, jobs), 0.0)  # warm-up: connections, imports
+        return drain(redis_url, jobs, sleep)
 
 
 def main() -> None:
@@ -72,44 +65,57 @@ def main() -> None:
         help="give plain Celery the shared result backend too (result_backend_thread_safe)",
     )
     args = parser.parse_args()
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    exit_on_sigterm()
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-drain-"))
+    try:
+        with private_redis() as plain_url:
 
-    plain_url = f"{REDIS}/14"
-    client_for(plain_url).backend.client.flushdb()
-    plain = run_worker(
-        [str(BIN / "celery"), "-A", "bench.plain_celery_app", "worker", "-P", "gevent",
-         "-c", str(args.concurrency), "-Q", "io", "-n", "plain@bench", "--without-mingle",
-         "-l", "WARNING"],
-        {**base_env, "BENCH_REDIS_URL": plain_url, "PYTHONPATH": str(ROOT),
-         "BENCH_POOL": str(args.concurrency + 20),
-         "BENCH_TUNED": "1" if args.tuned_plain else "0"},
-        "plain@bench", plain_url, jobs=args.jobs, sleep=args.sleep,
-    )  # fmt: skip
+            def plain(url: str) -> AbstractContextManager[Popen]:
+                env = plain_env(url, pool_size=args.concurrency + 20, tuned=args.tuned_plain)
+                return plain_worker(
+                    "bench.plain_celery_app",
+                    "gevent",
+                    args.concurrency,
+                    env,
+                    workdir=workdir,
+                    name="plain",
+                )
 
-    conveyor_url = f"{REDIS}/15"
-    client_for(conveyor_url).backend.client.flushdb()
-    database = fresh_database("conveyor_bench")
-    env = {
-        **base_env,
-        "CONVEYOR_ENV": "test",
-        "CONVEYOR_REDIS_URL": conveyor_url,
-        "CONVEYOR_DATABASE_URL": database,
-        "CONVEYOR_IO_CONCURRENCY": str(args.concurrency),
-        "CONVEYOR_LOG_LEVEL": "WARNING",
-    }
-    subprocess.run([str(BIN / "conveyor"), "migrate"], env=env, check=True, cwd=ROOT)
-    conveyor = run_worker(
-        [str(BIN / "conveyor"), "worker", "io", "-n", "conveyor@bench"],
-        env, "conveyor@bench", conveyor_url, jobs=args.jobs, sleep=args.sleep,
-    )  # fmt: skip
+            plain_s = timed(plain, plain_url, args.jobs, args.sleep)
+        with private_redis() as conveyor_url, fresh_ledger("drain") as database:
+
+            def conveyor(url: str) -> AbstractContextManager[Popen]:
+                env = conveyor_env(url, database, io_concurrency=str(args.concurrency))
+                return conveyor_worker("io", env, workdir, "conveyor")
+
+            conveyor_s = timed(conveyor, conveyor_url, args.jobs, args.sleep)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
     floor = args.jobs * args.sleep / args.concurrency
     print(f"{args.jobs} jobs x {args.sleep} s sleep, gevent concurrency {args.concurrency}")
     print(f"  {'floor':<20} {floor:7.2f} s")
     label = "plain Celery (tuned)" if args.tuned_plain else "plain Celery"
-    print(f"  {label:<20} {plain:7.2f} s")
-    print(f"  {'Conveyor':<20} {conveyor:7.2f} s  (ledger on PostgreSQL)")
-    print(f"  {'ratio':<20} {conveyor / plain:7.2f}x plain Celery")
+    print(f"  {label:<20} {plain_s:7.2f} s")
+    print(f"  {'Conveyor':<20} {conveyor_s:7.2f} s  (ledger on PostgreSQL)")
+    print(f"  {'ratio':<20} {conveyor_s / plain_s:7.2f}x plain Celery")
+    measure = f"drain s, {args.jobs} x {args.sleep:g} s sleep, gevent -c {args.concurrency}"
+    rows = [
+        Row(measure, conveyor_s, plain_s, f"{label} gevent"),
+        Row(measure, conveyor_s, floor, "floor"),
+    ]
+    figures = {
+        "jobs": args.jobs,
+        "sleep": args.sleep,
+        "concurrency": args.concurrency,
+        "tuned_plain": str(args.tuned_plain),
+        "floor_s": round(floor, 3),
+        "plain_s": round(plain_s, 3),
+        "conveyor_s": round(conveyor_s, 3),
+        "ratio": round(conveyor_s / plain_s, 3),
+    }
+    report("worker_drain", rows, figures, started)
 
 
 if __name__ == "__main__":
