@@ -25,7 +25,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
-lint: $(STAMP) ## ruff, mypy --strict (the packages and the tests) and the import contract between the layers
+lint: $(BENCH_STAMP) ## ruff, mypy --strict (the packages, the tests and the benchmarks) and the import contract between the layers
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check conveyor workers tasks api_shim tests bench
 	$(BIN)/mypy conveyor workers tasks api_shim tests bench
@@ -52,6 +52,7 @@ bench: $(BENCH_STAMP) ## every benchmark against its baseline in the same run, a
 	$(BIN)/python bench/cpu_spin.py --jobs 200 --milliseconds 50 --processes 2
 	$(BIN)/python bench/thumbnails.py --images 200 --concurrency 2 --repeat 2
 	$(BIN)/python bench/noop_drain.py --jobs 4000
+	$(BIN)/python bench/ledger_ceiling.py --jobs 10000 --processes 1,2
 	$(BIN)/python bench/peers.py --jobs 2000
 	$(BIN)/python bench/memory.py --jobs 20000
 	$(BIN)/python bench/retention_pressure.py --backlog 10000 --rate 100 --steady-seconds 15

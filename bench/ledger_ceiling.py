@@ -23,26 +23,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench_services import drop_database, fresh_database
+from cpu_use import ProcessesMeter
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def postgres_seconds() -> float:
-    """CPU seconds every PostgreSQL process has used so far."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if stat[stat.find("(") + 1 : stat.rfind(")")] == "postgres":
-            fields = stat[stat.rfind(")") + 2 :].split()
-            total += (int(fields[11]) + int(fields[12])) / TICKS
-    return total
 
 
 def record_jobs(database: str, count: int) -> list[str]:
@@ -122,18 +106,19 @@ def run(jobs: int, processes: int, greenlets: int) -> dict[str, float]:
             path = Path(f"/tmp/ledger-ceiling-{os.getpid()}-{n}.ids")  # noqa: S108 - a scratch list
             path.write_text("\n".join(ids[n::processes]))
             files.append(path)
-        cpu_before, started = postgres_seconds(), time.monotonic()
-        children = [
-            subprocess.Popen(
-                [sys.executable, __file__, "--drive", database, str(path), str(greenlets)],
-                stdout=subprocess.PIPE,
-                env={**env, "PYTHONPATH": str(ROOT)},
-            )
-            for path in files
-        ]
-        outputs = [child.communicate(timeout=600)[0] for child in children]
-        elapsed = time.monotonic() - started
-        postgres_cpu = postgres_seconds() - cpu_before
+        with ProcessesMeter("postgres") as postgres:
+            started = time.monotonic()
+            children = [
+                subprocess.Popen(
+                    [sys.executable, __file__, "--drive", database, str(path), str(greenlets)],
+                    stdout=subprocess.PIPE,
+                    env={**env, "PYTHONPATH": str(ROOT)},
+                )
+                for path in files
+            ]
+            outputs = [child.communicate(timeout=600)[0] for child in children]
+            elapsed = time.monotonic() - started
+        postgres_cpu = postgres.seconds
         if any(child.returncode for child in children):
             raise SystemExit("a driving process failed")
         counters = [json.loads(out.decode().strip().splitlines()[-1]) for out in outputs]

@@ -16,15 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,9 +32,11 @@ from bench_services import (
     drop_database,
     fresh_database,
     ledger_statuses,
+    private_redis,
     stop,
     wait_ready,
 )
+from cpu_use import CpuUse
 from sqlalchemy import create_engine
 
 from workers.broker import UNACKED_KEY, Publisher, queue_keys
@@ -61,108 +61,6 @@ POOLS = {
     "io": Pool("io", "gevent", 50, "diagnostics.echo", {"value": 0}),
     "cpu": Pool("cpu", "prefork", 2, "diagnostics.spin", {"milliseconds": 0}),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextmanager
-def private_redis() -> Iterator[str]:
-    """A redis-server of this run's own on a free port; its URL."""
-    port = free_port()
-    with tempfile.TemporaryDirectory() as directory:
-        process = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                directory,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        url = f"redis://127.0.0.1:{port}/0"
-        client = redis.Redis.from_url(url)
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.02)
-            yield url
-        finally:
-            client.close()
-            process.kill()
-            process.wait()
-
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def process_seconds(pid: int) -> float:
-    """CPU seconds (user + system) ``pid`` has used; 0 once it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = text[text.rfind(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def processes(parent: int | None = None, name: str | None = None) -> list[int]:
-    """``parent`` and its children, or every process whose command is ``name``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        command = stat[stat.find("(") + 1 : stat.rfind(")")]
-        ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
-        pid = int(entry.name)
-        if (parent is not None and parent in {pid, ppid}) or command == name:
-            found.append(pid)
-    return found
-
-
-@dataclass
-class CpuUse:
-    """CPU seconds used by the worker (and its children), PostgreSQL and Redis."""
-
-    worker: float = 0.0
-    postgres: float = 0.0
-    redis: float = 0.0
-
-    @classmethod
-    def of(cls, worker: int) -> CpuUse:
-        def total(pids: list[int]) -> float:
-            return sum(process_seconds(pid) for pid in pids)
-
-        return cls(
-            total(processes(parent=worker)),
-            total(processes(name="postgres")),
-            total(processes(name="redis-server")),
-        )
-
-    def since(self, start: CpuUse) -> CpuUse:
-        return CpuUse(
-            self.worker - start.worker, self.postgres - start.postgres, self.redis - start.redis
-        )
 
 
 #: CPU microseconds per job of each drain, by label
