@@ -11,14 +11,17 @@ millisecond; jobs/s count from the first completion to the N-th, so start-up is 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import redis
-from bench_processes import base_env, exit_on_sigterm, started
+from bench_processes import base_env, exit_on_sigterm, process_tree, started
 from bench_report import Row, report
 from bench_services import BIN, ROOT, private_redis
 from completion_counter import drain_rate, reset
@@ -85,7 +88,14 @@ def rq_drain(redis_url: str, jobs: int) -> float:
         log = Path(tempfile.gettempdir()) / f"bench-peers-rq-{os.getpid()}.log"
         with started(command, peer_env(redis_url), log) as pool:
             rate = drain_rate(client, jobs, DRAIN_TIMEOUT)
-            pool.wait(POOL_EXIT_TIMEOUT)
+            try:
+                pool.wait(POOL_EXIT_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                # the drain is measured; a pool slow to leave is stopped like any process
+                for pid in reversed(process_tree(pool.pid)):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                pool.wait()
             return rate
     finally:
         client.close()
