@@ -164,23 +164,23 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
             request_id=None,
         )
         group = runtime.group_commit
+        runner = self._runner(runtime)
+        fast = None
         if group is not None:
-            claimed = group.claim(delivery, generation=generation, runner=self._runner(runtime))
-            if claimed is not None:
-                self._warn_on_pool_mismatch(runtime)
-                return claimed
-        elif runtime.engine.dialect.name == "postgresql":
+            fast = group.claim(delivery, generation=generation, runner=runner)
+        if fast is None and runtime.engine.dialect.name == "postgresql":
             with runtime.outcome_engine.connect() as connection:
                 fast = ledger.try_begin_attempt(
                     connection,
                     delivery,
                     generation=generation,
-                    runner=self._runner(runtime),
+                    runner=runner,
                     now=_now(),
+                    claim=group is None,  # a round already tried to claim it
                 )
-            if fast is not None:
-                self._warn_on_pool_mismatch(runtime)
-                return fast
+        if fast is not None:
+            self._warn_on_pool_mismatch(runtime)
+            return fast
         with runtime.engine.begin() as connection:
             start = ledger.begin_attempt(
                 connection,

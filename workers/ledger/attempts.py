@@ -222,13 +222,20 @@ def begin_attempt(
 
 
 def try_begin_attempt(
-    connection: Connection, delivery: Delivery, *, generation: int, runner: Runner, now: datetime
+    connection: Connection,
+    delivery: Delivery,
+    *,
+    generation: int,
+    runner: Runner,
+    now: datetime,
+    claim: bool = True,
 ) -> AttemptStart | None:
     """The common starts in one statement each (PostgreSQL); ``None`` for any other.
 
-    A queued or retrying job is claimed, or a job met for the first time is recorded as
-    running, together with its attempt row. ``None`` means neither applied: the caller
-    runs :func:`begin_attempt` in a transaction, which handles every other case.
+    A queued or retrying job is claimed (unless ``claim`` is false: a group-commit round
+    tried already), or a job met for the first time is recorded as running, together with
+    its attempt row. ``None`` means neither applied: the caller runs :func:`begin_attempt`
+    in a transaction, which handles every other case.
     """
     runner_values = {
         "r_worker": runner.worker,
@@ -236,16 +243,20 @@ def try_begin_attempt(
         "r_pid": runner.pid,
         "r_lease": runner.lease,
     }
-    claimed = connection.execute(
-        statements.CLAIM_AND_OPEN,
-        {
-            "b_job_id": delivery.job_id,
-            "b_task": delivery.task,
-            "b_generation": generation,
-            "b_now": now,
-            **runner_values,
-        },
-    ).one_or_none()
+    claimed = (
+        connection.execute(
+            statements.CLAIM_AND_OPEN,
+            {
+                "b_job_id": delivery.job_id,
+                "b_task": delivery.task,
+                "b_generation": generation,
+                "b_now": now,
+                **runner_values,
+            },
+        ).one_or_none()
+        if claim
+        else None
+    )
     if claimed is not None:
         return AttemptStart(
             Verdict.RUN,

@@ -7,8 +7,8 @@ one round trip and one commit for the round. The caller
 waits for the flush that carries its transition before it runs the job or acknowledges the
 message, so nothing runs unclaimed and nothing is acknowledged that the ledger does not have.
 
-Only the common cases are batched (a queued or retrying job claimed; a running attempt's
-success). A delivery the batch did not claim, and a success the batch did not record, come
+Only the common cases are batched (a queued or retrying job claimed, a job sent by a plain
+Celery client adopted; a running attempt's success). A delivery the batch did not claim, and a success the batch did not record, come
 back as ``None``: the caller takes the one-at-a-time path, which handles every other case.
 PostgreSQL only.
 """
@@ -35,16 +35,19 @@ logger = logging.getLogger(__name__)
 MAX_BATCH = 500
 
 _RUNNING = JobStatus.RUNNING.value
-# One statement, so one round trip and one commit in autocommit: the claims of the round
-# (a queued or retrying job of this task, a current delivery: running, with its attempt row
-# opened) and its successes (a running job's current attempt). An attempt is closed only
-# while open: one the reconciler closed as lost stays lost; it is closed as cancelled when
-# its job was cancelled while it ran. A job is never in both halves: a claim needs it
-# queued or retrying, a success needs it running.
+# One statement, so one round trip and one commit in autocommit: the starts of the round (a
+# queued or retrying job of this task and a current delivery is claimed; a job the ledger has
+# never seen, sent by a plain Celery client, is adopted as running its first attempt; either
+# way with its attempt row opened) and its successes (a running job's current attempt). An
+# attempt is closed only while open: one the reconciler closed as lost stays lost; it is
+# closed as cancelled when its job was cancelled while it ran. A job is never in two parts:
+# a claim needs it queued or retrying, an adoption needs it absent, a success needs it
+# running.
 ROUND = f"""
 WITH delivered AS (
     SELECT * FROM jsonb_to_recordset(%(claims)s)
-        AS d(id text, task text, generation int, worker text, pool text, pid int, lease text)
+        AS d(id text, task text, generation int, worker text, pool text, pid int, lease text,
+             queue text, args jsonb, max_attempts int)
 ), claimed AS (
     UPDATE {JOBS.name} AS j
     SET status = '{_RUNNING}', attempts = j.attempts + 1,
@@ -55,10 +58,27 @@ WITH delivered AS (
       AND j.retry_generation <= d.generation
     RETURNING j.id, j.attempts, j.attempt_base, j.request_id,
               d.worker, d.pool, d.pid, d.lease
+), adopted AS (
+    INSERT INTO {JOBS.name} (id, client_id, task, queue, status, args, priority, attempts,
+        max_attempts, retry_generation, attempt_base, request_id, created_at, updated_at,
+        started_at)
+    SELECT DISTINCT ON (d.id) d.id, NULL, d.task, d.queue, '{_RUNNING}', d.args, 'normal', 1,
+        d.max_attempts, 0, 0, NULL, %(now)s, %(now)s, %(now)s
+    FROM delivered AS d
+    WHERE NOT EXISTS (SELECT FROM {JOBS.name} AS j WHERE j.id = d.id)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, attempts, attempt_base, request_id
+), started AS (
+    SELECT c.id, c.attempts, c.attempt_base, c.request_id, c.worker, c.pool, c.pid, c.lease
+    FROM claimed AS c
+    UNION ALL
+    SELECT a.id, a.attempts, a.attempt_base, a.request_id, d.worker, d.pool, d.pid, d.lease
+    FROM adopted AS a
+    JOIN (SELECT DISTINCT ON (id) * FROM delivered) AS d ON d.id = a.id
 ), opened AS (
     INSERT INTO {ATTEMPTS.name} (job_id, number, worker, pool, pid, lease, outcome, started_at)
     SELECT id, attempts, worker, pool, pid, lease, '{AttemptOutcome.RUNNING.value}', %(now)s
-    FROM claimed
+    FROM started
 ), done AS (
     SELECT * FROM jsonb_to_recordset(%(successes)s) AS d(id text, attempt int, result jsonb)
 ), moved AS (
@@ -79,7 +99,7 @@ WITH delivered AS (
     WHERE a.job_id = ANY(%(success_ids)s) AND a.job_id = d.id AND a.number = d.attempt
       AND a.outcome = '{AttemptOutcome.RUNNING.value}'
 )
-SELECT true, id, attempts, attempt_base, request_id FROM claimed
+SELECT true, id, attempts, attempt_base, request_id FROM started
 UNION ALL
 SELECT false, id, NULL, NULL, NULL FROM moved
 """  # noqa: S608 - built from the schema's own names and statuses, no input
@@ -128,11 +148,13 @@ class GroupCommit:
         self.transitions = 0
 
     def claim(self, delivery: Delivery, *, generation: int, runner: Runner) -> AttemptStart | None:
-        """Claim a queued or retrying job for this delivery; ``None`` if the batch could not."""
+        """Claim a queued or retrying job for this delivery, or adopt a job the ledger has
+        never seen; ``None`` if the round could do neither (the one-at-a-time path decides)."""
         waiter = _Waiter({
             "id": delivery.job_id, "task": delivery.task, "generation": generation,
             "worker": runner.worker, "pool": runner.pool, "pid": runner.pid,
-            "lease": runner.lease,
+            "lease": runner.lease, "queue": delivery.queue, "args": delivery.args,
+            "max_attempts": delivery.max_attempts,
         })  # fmt: skip
         self._submit(self._claims, waiter)
         answer: AttemptStart | None = waiter.wait()
