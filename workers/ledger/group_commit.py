@@ -8,9 +8,9 @@ waits for the flush that carries its transition before it runs the job or acknow
 message, so nothing runs unclaimed and nothing is acknowledged that the ledger does not have.
 
 Only the common cases are batched (a queued or retrying job claimed, a job sent by a plain
-Celery client adopted; a running attempt's success). A delivery the batch did not claim, and a success the batch did not record, come
-back as ``None``: the caller takes the one-at-a-time path, which handles every other case.
-PostgreSQL only.
+Celery client adopted; a running attempt's success). A delivery the round did not start, and
+a success it did not record, come back as ``None`` and ``False``: the caller takes the
+one-at-a-time path, which handles every other case. PostgreSQL only.
 """
 
 from __future__ import annotations
