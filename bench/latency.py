@@ -22,7 +22,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from http.client import HTTPConnection
 from pathlib import Path
@@ -76,14 +76,17 @@ class ConveyorProducer:
         self.http = HTTPConnection(HOST, port, timeout=JOB_TIMEOUT)
         self.headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
         self.ledger = ledger
+        # job id -> wall-clock times (s) of the POST, its 202 and the read that saw it succeeded
+        self.timeline: dict[str, tuple[float, float, float]] = {}
 
     def round_trip(self, value: int) -> float:
         """Seconds from the POST of one job to the ledger read that finds it succeeded."""
         body = json.dumps({"task": TASK, "args": {"value": value}})
-        started = time.perf_counter()
+        posted, started = time.time(), time.perf_counter()
         self.http.request("POST", "/v1/jobs", body, self.headers)
         response = self.http.getresponse()
         answer = response.read()
+        accepted = time.time()
         if response.status != 202:
             raise SystemExit(f"POST /v1/jobs answered {response.status}: {answer[:300]!r}")
         job_id = json.loads(answer)["id"]
@@ -94,6 +97,7 @@ class ConveyorProducer:
             ).fetchone()
             now = time.perf_counter()
             if row is not None and row[0] == "succeeded":
+                self.timeline[job_id] = (posted, accepted, time.time())
                 return now - started
             if row is not None and row[0] == "failed":
                 raise SystemExit(f"job {job_id} failed")
@@ -124,9 +128,42 @@ def conveyor_latencies(redis_url: str, database: str, workdir: Path, jobs: int) 
         try:
             for n in range(WARMUP_JOBS):
                 producer.round_trip(-n)
-            return [producer.round_trip(n) for n in range(jobs)]
+            producer.timeline.clear()
+            latencies = [producer.round_trip(n) for n in range(jobs)]
+            print_breakdown(producer.timeline, ledger)
+            return latencies
         finally:
             producer.close()
+
+
+def print_breakdown(
+    timeline: dict[str, tuple[float, float, float]], ledger: psycopg.Connection[tuple[str]]
+) -> None:
+    """Where a job's time goes, medians over the run, from the client's clock and the ledger's
+    timestamps (one machine, one clock): the API's answer, the wait until the worker's claim
+    round, the claim and the run until the success round, and the success round until the
+    client's read saw it."""
+    rows: Sequence[tuple[str, ...]] = ledger.execute(  # the connection reads text rows
+        "SELECT id, extract(epoch FROM created_at)::text, extract(epoch FROM started_at)::text,"
+        " extract(epoch FROM finished_at)::text FROM jobs WHERE id = ANY(%s)",
+        (list(timeline),),
+    ).fetchall()
+    spans: dict[str, list[float]] = {
+        "POST to 202": [], "POST to recorded": [], "recorded to claim round": [],
+        "claim round to success round": [], "success round to seen": [],
+    }  # fmt: skip
+    for row in rows:
+        posted, accepted, seen = timeline[str(row[0])]
+        created, claimed, finished = (float(stamp) for stamp in row[1:])
+        spans["POST to 202"].append(accepted - posted)
+        spans["POST to recorded"].append(created - posted)
+        spans["recorded to claim round"].append(claimed - created)
+        spans["claim round to success round"].append(finished - claimed)
+        spans["success round to seen"].append(seen - finished)
+    print(
+        "  where the time goes (medians): "
+        + ", ".join(f"{name} {percentile_ms(values, 0.5):.1f} ms" for name, values in spans.items())
+    )
 
 
 def plain_round_trip(client: Celery, value: int) -> float:
