@@ -24,6 +24,15 @@ from workers.ledger.operator_actions import cancel
 RUNNER = Runner(worker="io@group", pool="gevent", pid=4343, lease=None)
 
 
+@pytest.fixture
+def ledger_engine(quiet_ledger_url: str) -> Iterator[Engine]:
+    """A ledger no worker of the session reads: its queued jobs wait for these tests alone
+    (the session's workers relay and claim the jobs of the shared test ledger)."""
+    engine = create_ledger_engine(quiet_ledger_url, pool_size=4, pre_ping=False)
+    yield engine
+    engine.dispose()
+
+
 def autocommit(engine: Engine) -> Engine:
     return engine.execution_options(isolation_level="AUTOCOMMIT")
 
@@ -170,8 +179,8 @@ def test_a_success_is_fenced_as_the_one_at_a_time_path_fences_it(ledger_engine: 
 
 
 @pytest.fixture
-def cuttable_ledger(postgres_url: str) -> Iterator[tuple[Engine, FaultProxy]]:
-    url = make_url(postgres_url)
+def cuttable_ledger(quiet_ledger_url: str) -> Iterator[tuple[Engine, FaultProxy]]:
+    url = make_url(quiet_ledger_url)
     with fault_proxy(url.host or "127.0.0.1", url.port or 5432) as proxy:
         through = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
         engine = create_ledger_engine(through, pool_size=2, connect_timeout=2, pre_ping=False)
