@@ -45,6 +45,7 @@ from bench_processes import (
 from bench_report import Row, Target, report
 from bench_services import BIN, ROOT, free_port, fresh_ledger, private_redis, stop
 from celery import Celery
+from cpu_use import process_seconds, processes_named
 
 TASK = "diagnostics.echo"
 # normal priority is kombu's step 3 of the io queue; a plain send_task lands on step 0
@@ -134,27 +135,6 @@ class PhaseResult:
 # --- CPU accounting from /proc -----------------------------------------------------------
 
 
-def _process_seconds(pid: int) -> float:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = text[text.rfind(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
-
-
-def _processes_named(prefix: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().startswith(prefix):
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
 def connection_split(port: int, server_pid: int | None) -> tuple[int, ...]:
     """How many established connections to ``port`` each process of the API holds.
 
@@ -190,9 +170,9 @@ def cpu_sample(server_pid: int | None) -> CpuSample:
     total = sum(counters[:8])  # guest time is already in user
     return CpuSample(
         generator=usage.ru_utime + usage.ru_stime,
-        server={pid: _process_seconds(pid) for pid in server},
-        postgres={pid: _process_seconds(pid) for pid in _processes_named("postgres")},
-        redis={pid: _process_seconds(pid) for pid in _processes_named("redis-server")},
+        server={pid: process_seconds(pid) for pid in server},
+        postgres={pid: process_seconds(pid) for pid in processes_named("postgres")},
+        redis={pid: process_seconds(pid) for pid in processes_named("redis-server")},
         machine_busy=(total - idle) / TICKS,
         machine_total=total / TICKS,
     )
