@@ -59,10 +59,6 @@ class FaultProxy:
             except OSError:
                 _close(client)
                 continue
-            # forwarded as it arrives: with Nagle's algorithm a relayed message split in two
-            # waits for the peer's delayed ACK (40 ms), a delay the real link does not have
-            for sock in (client, upstream):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._sockets |= {client, upstream}
             for source, sink in ((client, upstream), (upstream, client)):

@@ -2,9 +2,8 @@
 
 A gevent worker runs dozens of jobs at once, and each would otherwise spend a round trip
 and a commit (a WAL flush) on its claim and another on its success. Here every claim and
-every success waiting at a moment is written together by a flusher, in one statement: one
-round trip and one commit for the round. A few flushers take turns, so one round can be in
-flight while the next gathers. The caller
+every success waiting at a moment is written together by one flusher, in one statement:
+one round trip and one commit for the round. The caller
 waits for the flush that carries its transition before it runs the job or acknowledges the
 message, so nothing runs unclaimed and nothing is acknowledged that the ledger does not have.
 
@@ -34,10 +33,6 @@ logger = logging.getLogger(__name__)
 
 #: Transitions written in one flush at most; more wait for the next.
 MAX_BATCH = 500
-#: Rounds that may be in flight at once, each on its own connection: while one waits for
-#: the server, the next takes what arrived meanwhile, so a slow round (a distant server, a
-#: busy link) delays its own transitions, not everyone's.
-FLUSHERS = 4
 
 _RUNNING = JobStatus.RUNNING.value
 # One statement, so one round trip and one commit in autocommit: the starts of the round (a
@@ -137,8 +132,8 @@ def _now() -> datetime:
 class GroupCommit:
     """Claims and successes of one process's concurrent jobs, flushed together.
 
-    Under gevent's monkey patching the flusher threads are greenlets and their events are
-    cooperative; a flusher holds one pooled connection of ``engine`` while it writes.
+    Under gevent's monkey patching the flusher thread is a greenlet and its events are
+    cooperative; the flusher holds one pooled connection of ``engine`` while it writes.
     """
 
     def __init__(self, engine: Callable[[], Engine], clock: Callable[[], datetime] = _now) -> None:
@@ -147,7 +142,7 @@ class GroupCommit:
         self._claims: SimpleQueue[_Waiter] = SimpleQueue()
         self._successes: SimpleQueue[_Waiter] = SimpleQueue()
         self._wake = threading.Event()
-        self._flushers: list[threading.Thread] = []
+        self._flusher: threading.Thread | None = None
         self._lock = threading.Lock()
         self.flushes = 0  # rounds written, for the benchmarks and tests
         self.transitions = 0
@@ -180,16 +175,14 @@ class GroupCommit:
         self._wake.set()
 
     def _ensure_flusher(self) -> None:
-        if len(self._flushers) == FLUSHERS and all(f.is_alive() for f in self._flushers):
+        if self._flusher is not None and self._flusher.is_alive():
             return
         with self._lock:
-            self._flushers = [f for f in self._flushers if f.is_alive()]
-            while len(self._flushers) < FLUSHERS:
-                flusher = threading.Thread(
+            if self._flusher is None or not self._flusher.is_alive():
+                self._flusher = threading.Thread(
                     target=self._run, name="ledger-group-commit", daemon=True
                 )
-                flusher.start()
-                self._flushers.append(flusher)
+                self._flusher.start()
 
     def _run(self) -> None:
         while True:
