@@ -12,14 +12,22 @@ from bench_processes import process_tree
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def process_seconds(pid: int) -> float:
-    """CPU seconds (user + system) ``pid`` has used; 0 once it is gone."""
+def process_seconds(pid: int, *, reaped_children: bool = False) -> float:
+    """CPU seconds (user + system) ``pid`` has used; 0 once it is gone.
+
+    With ``reaped_children``, also what its children used before it reaped them (a prefork
+    worker's recycled children, the PostgreSQL backends of closed connections): summed
+    over a process tree at two moments, that keeps a child that ended between them counted.
+    """
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return 0.0
     fields = text[text.rfind(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / TICKS
 
 
 def processes_named(name: str) -> list[int]:
@@ -48,7 +56,7 @@ class CpuUse:
     @classmethod
     def of(cls, worker: int) -> CpuUse:
         def total(pids: list[int]) -> float:
-            return sum(process_seconds(pid) for pid in pids)
+            return sum(process_seconds(pid, reaped_children=True) for pid in pids)
 
         return cls(
             total(process_tree(worker)),
