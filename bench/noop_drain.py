@@ -4,11 +4,11 @@ For each pool (io: gevent -c 50, cpu: prefork -c 2) this run drains, one after t
 the same private Redis server: plain Celery without results, plain Celery with a Redis
 result backend, and Conveyor (PostgreSQL ledger, jobs recorded by the producer's code path
 exactly as ``POST /v1/jobs/batch`` records them). Each worker is started and answers a ping,
-stops consuming its queue, N jobs are queued, and the clock runs from the moment it consumes
-again until the queue and kombu's unacknowledged hash are both empty. Before that, each
-worker drains a warm-up of ``WARMUP`` jobs, untimed: the figures are the steady state, not a
-worker's first jobs (its first connections, lazy imports). Conveyor's drain is then checked
-against the ledger: every job ``succeeded``.
+drains a warm-up of ``WARMUP`` jobs, untimed (its first connections, lazy imports), stops
+consuming its queue, N jobs are queued, and it consumes again. The rate is taken over the
+steady part of the drain (:func:`steady_seconds`); the time from resuming until the queue and
+kombu's unacknowledged hash are both empty is printed beside it. Conveyor's drain is then
+checked against the ledger: every job ``succeeded``.
 
     .venv/bin/python bench/noop_drain.py --jobs 4000
 """

@@ -30,7 +30,7 @@ def test_a_full_gevent_worker_takes_the_next_job_when_one_finishes(
     )
     client = plain_client(quiet_redis_url)
     node = f"credit-{time.monotonic_ns()}@test"
-    with running_worker(client, "io", node, tmp_path / "io.log", env) as worker:
+    with client, running_worker(client, "io", node, tmp_path / "io.log", env) as worker:
         started = time.monotonic()
         results = [
             client.send_task(
@@ -40,7 +40,6 @@ def test_a_full_gevent_worker_takes_the_next_job_when_one_finishes(
         ]
         values = [result.get(timeout=60)["value"] for result in results]
         elapsed = time.monotonic() - started
-    client.close()
 
     pairs = JOBS / CONCURRENCY
     print(f"{JOBS} jobs of {SLEEP_SECONDS} s at concurrency {CONCURRENCY}: {elapsed:.2f} s")
