@@ -19,6 +19,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Message as VirtualMessage
 from vine import promise
 
+from workers.broker_poller import PromptPoller
 from workers.message_judge import Rejection, RejectReason
 from workers.message_rejections import record_rejection
 from workers.runtime import ConveyorCelery
@@ -148,6 +149,11 @@ class GuardedChannel(kombu_redis.Channel):
 
 
 class GuardedTransport(kombu_redis.Transport):
-    """kombu's Redis transport with :class:`GuardedChannel`."""
+    """kombu's Redis transport with :class:`GuardedChannel`, polled by a
+    :class:`~workers.broker_poller.PromptPoller`."""
 
     Channel = GuardedChannel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cycle = PromptPoller()
