@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
@@ -169,7 +170,7 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
         if group is not None:
             fast = group.claim(delivery, generation=generation, runner=runner)
         if fast is None and runtime.engine.dialect.name == "postgresql":
-            with runtime.outcome_engine.connect() as connection:
+            with _unsure_if_killed(runtime, job_id), runtime.outcome_engine.connect() as connection:
                 fast = ledger.try_begin_attempt(
                     connection,
                     delivery,
@@ -181,7 +182,7 @@ class ConveyorTask(Task):  # type: ignore[type-arg] # Celery's Task is generic o
         if fast is not None:
             self._warn_on_pool_mismatch(runtime)
             return fast
-        with runtime.engine.begin() as connection:
+        with _unsure_if_killed(runtime, job_id), runtime.engine.begin() as connection:
             start = ledger.begin_attempt(
                 connection,
                 delivery,
@@ -428,6 +429,21 @@ def _in_transaction(
             return write(connection)
 
     return written
+
+
+@contextmanager
+def _unsure_if_killed(runtime: WorkerRuntime, job_id: str) -> Iterator[None]:
+    """Around a claim's statement: if the caller is killed meanwhile (Celery ends a gevent
+    task when the broker connection drops), the ledger may still have opened the attempt,
+    under this process's live lease, for a job nobody will run; the lease keeper looks."""
+    try:
+        yield
+    except Exception:
+        raise
+    except BaseException:
+        if runtime.lease_keeper is not None:
+            runtime.lease_keeper.abandon_claim(job_id)
+        raise
 
 
 def _liveness(runtime: WorkerRuntime, job_id: str) -> ledger.LivenessCheck:

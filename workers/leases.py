@@ -48,7 +48,9 @@ class LeaseKeeper:
     """Holds one process's lease: renews it until stopped, then releases it.
 
     It also puts back the attempts this process gave up on (killed, or whose outcome it
-    could not record while the ledger was down) once the ledger answers again.
+    could not record while the ledger was down) once the ledger answers again, and the
+    attempts a claim may have opened for a job whose delivery was killed while the claim
+    was on its way.
     """
 
     def __init__(
@@ -56,11 +58,17 @@ class LeaseKeeper:
         engine: Callable[[], Engine],
         lease: Lease,
         settle: Callable[[LostAttempt], str] | None = None,
+        *,
+        running_here: Callable[[str], bool] = lambda _job_id: False,
     ) -> None:
+        """``settle`` closes a lost attempt and puts its job back; ``running_here(job_id)``:
+        whether a delivery in this process runs the job now."""
         self._engine = engine
         self.lease = lease
         self._settle = settle
+        self._running_here = running_here
         self._abandoned: list[LostAttempt] = []
+        self._unsure_claims: list[str] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -86,6 +94,12 @@ class LeaseKeeper:
         with self._lock:
             self._abandoned.append(LostAttempt(job_id, attempt))
 
+    def abandon_claim(self, job_id: str) -> None:
+        """Note a claim of ``job_id`` whose caller was killed before it learnt whether the
+        ledger took it; an attempt it opened under this lease is put back later."""
+        with self._lock:
+            self._unsure_claims.append(job_id)
+
     def start(self) -> None:
         """Renew the lease once now, then in the background."""
         self.renew()
@@ -106,6 +120,7 @@ class LeaseKeeper:
             self.renew()
 
     def _put_back_abandoned(self) -> None:
+        self._resolve_unsure_claims()
         with self._lock:
             abandoned, self._abandoned = self._abandoned, []
         waiting: list[LostAttempt] = []
@@ -120,6 +135,28 @@ class LeaseKeeper:
         finally:
             with self._lock:
                 self._abandoned[:0] = waiting
+
+    def _resolve_unsure_claims(self) -> None:
+        """Turn each unsure claim into the attempts it opened that nobody here runs."""
+        with self._lock:
+            unsure, self._unsure_claims = self._unsure_claims, []
+        later: list[str] = []
+        try:
+            while unsure:
+                job_id = unsure[-1]
+                if self._running_here(job_id):  # a later delivery runs it: ask again later
+                    later.append(job_id)
+                else:
+                    with self._engine().connect() as connection:
+                        opened = reconciliation.open_attempts_under(
+                            connection, job_id, self.lease.id
+                        )
+                    with self._lock:
+                        self._abandoned.extend(opened)
+                unsure.pop()
+        finally:
+            with self._lock:
+                self._unsure_claims[:0] = unsure + later
 
 
 class Reconciler:

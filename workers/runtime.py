@@ -89,7 +89,12 @@ class WorkerRuntime:
         ttl = timedelta(seconds=self.settings.worker_lease_seconds)
         lease = this_process_lease(self.instance, self.node, self.pool, ttl)
         settle = self.reconciler.settle if self.reconciler is not None else None
-        self.lease_keeper = LeaseKeeper(lambda: self.engine, lease, settle)
+        self.lease_keeper = LeaseKeeper(
+            lambda: self.engine,
+            lease,
+            settle,
+            running_here=lambda job_id: job_id in self.jobs_in_progress,
+        )
         self.lease_keeper.start()
 
     @property
@@ -133,8 +138,15 @@ class WorkerRuntime:
         if self.pool != "gevent" or self.engine.dialect.name != "postgresql":
             return None
         if self._group_commit is None:
-            self._group_commit = GroupCommit(lambda: self.outcome_engine)
+            self._group_commit = GroupCommit(
+                lambda: self.outcome_engine, on_forsaken_start=self._abandon
+            )
         return self._group_commit
+
+    def _abandon(self, job_id: str, attempt: int) -> None:
+        """Have this process's lease keeper put back an attempt nobody here runs."""
+        if self.lease_keeper is not None:
+            self.lease_keeper.abandon(job_id, attempt)
 
     def _create_engine(self) -> None:
         if self._engine is not None and self._pid != os.getpid():

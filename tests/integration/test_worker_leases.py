@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from workers.leases import LeaseKeeper, Reconciler
 from workers.ledger import attempts as ledger
 from workers.ledger import queries, reconciliation
 from workers.ledger.attempts import Delivery, ErrorInfo, OpenAttempt, Runner, Verdict
@@ -188,3 +189,29 @@ def test_an_attempt_without_a_lease_is_left_to_redelivery(engine: Engine) -> Non
     begin(engine, job, None, at=now() - 10 * TERM)
 
     assert lost_now(engine, job.job_id) == []
+
+
+def test_an_unsure_claim_is_put_back_once_nothing_here_runs_its_job(
+    engine: Engine, sessions: sessionmaker[Session]
+) -> None:
+    # a delivery killed while its claim's statement was on its way cannot tell whether the
+    # ledger opened the attempt; its lease keeper looks, and puts back what it finds
+    lease = new_lease(engine)
+    claimed, never_claimed = new_job(), new_job()
+    begin(engine, claimed, lease)
+    reconciler = Reconciler(lambda: engine, TERM, poison_after=3, poison_error=POISON.as_json)
+    running_here = {claimed.job_id}
+    keeper = LeaseKeeper(
+        lambda: engine, lease, reconciler.settle, running_here=running_here.__contains__
+    )
+    keeper.abandon_claim(claimed.job_id)
+    keeper.abandon_claim(never_claimed.job_id)
+
+    assert keeper.renew()
+    assert view(sessions, claimed.job_id) == ("running", 1, ["running"])  # a delivery runs it
+
+    running_here.clear()
+    assert keeper.renew()
+    assert view(sessions, claimed.job_id) == ("retrying", 1, ["lost"])
+    assert keeper.renew()  # asked once: nothing is put back twice
+    assert view(sessions, claimed.job_id) == ("retrying", 1, ["lost"])

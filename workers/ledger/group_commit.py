@@ -117,6 +117,8 @@ class _Waiter:
     done: threading.Event = field(default_factory=threading.Event)
     answer: Any = None
     error: BaseException | None = None
+    # set when the caller stopped waiting (killed): called with the answer once it comes
+    forsaken: Callable[[Any], None] | None = None
 
     def settle(self, answer: Any = None, error: BaseException | None = None) -> None:
         self.answer, self.error = answer, error
@@ -140,9 +142,21 @@ class GroupCommit:
     cooperative; the flusher holds one pooled connection of ``engine`` while it writes.
     """
 
-    def __init__(self, engine: Callable[[], Engine], clock: Callable[[], datetime] = _now) -> None:
+    def __init__(
+        self,
+        engine: Callable[[], Engine],
+        clock: Callable[[], datetime] = _now,
+        *,
+        on_forsaken_start: Callable[[str, int], None] = lambda _job, _attempt: None,
+    ) -> None:
+        """``on_forsaken_start(job_id, attempt)``: an attempt the round opened for a caller
+        that no longer waited for it (killed meanwhile); nobody runs it, so this process must
+        put it back."""
         self._engine = engine
         self._clock = clock
+        self._on_forsaken_start = on_forsaken_start
+        # orders a killed caller's leaving against its round's answer
+        self._answering = threading.Lock()
         self._claims: SimpleQueue[_Waiter] = SimpleQueue()
         self._successes: SimpleQueue[_Waiter] = SimpleQueue()
         self._wake = threading.Event()
@@ -161,8 +175,27 @@ class GroupCommit:
             "max_attempts": delivery.max_attempts,
         })  # fmt: skip
         self._submit(self._claims, waiter)
-        answer: AttemptStart | None = waiter.wait()
+        try:
+            answer: AttemptStart | None = waiter.wait()
+        except BaseException:
+            # killed while the round was on its way (Celery ends a gevent task when the
+            # broker connection drops): the round may still open the attempt, under this
+            # process's live lease, for a job nobody will run
+            self._forsake(waiter, delivery.job_id)
+            raise
         return answer
+
+    def _forsake(self, waiter: _Waiter, job_id: str) -> None:
+        def put_back(answer: Any) -> None:
+            if isinstance(answer, AttemptStart):
+                self._on_forsaken_start(job_id, answer.attempt)
+
+        with self._answering:
+            answered = waiter.done.is_set()
+            if not answered:
+                waiter.forsaken = put_back
+        if answered and waiter.error is None:
+            put_back(waiter.answer)
 
     def succeed(self, job_id: str, attempt: int, result: Any) -> bool:
         """Record attempt ``attempt`` of a running job as succeeded; whether the job moved.
@@ -215,8 +248,12 @@ class GroupCommit:
             return
         self.flushes += 1
         self.transitions += len(answers)
-        for waiter, answer in zip(claims + successes, answers, strict=True):
-            waiter.settle(answer)
+        with self._answering:
+            for waiter, answer in zip(claims + successes, answers, strict=True):
+                waiter.settle(answer)
+            forsaken = [(w.forsaken, w.answer) for w in claims if w.forsaken is not None]
+        for put_back, answer in forsaken:
+            put_back(answer)
 
     def _write(
         self, claims: list[_Waiter], successes: list[_Waiter]

@@ -159,6 +159,19 @@ _CLOSE_AS_LOST = statements.CLOSE_ATTEMPT.values(
 )
 
 
+_OPEN_UNDER_LEASE = select(ATTEMPTS.c.job_id, ATTEMPTS.c.number).where(
+    ATTEMPTS.c.job_id == bindparam("b_job_id"),
+    ATTEMPTS.c.lease == bindparam("b_lease"),
+    ATTEMPTS.c.outcome == AttemptOutcome.RUNNING.value,
+)
+
+
+def open_attempts_under(connection: Connection, job_id: str, lease_id: str) -> list[LostAttempt]:
+    """The open attempts of ``job_id`` that run under ``lease_id``."""
+    rows = connection.execute(_OPEN_UNDER_LEASE, {"b_job_id": job_id, "b_lease": lease_id})
+    return [LostAttempt(row.job_id, int(row.number)) for row in rows]
+
+
 def lost_attempts(
     connection: Connection, now: datetime, lease_term: timedelta, limit: int = 200
 ) -> list[LostAttempt]:
