@@ -124,7 +124,8 @@ class GuardedMessage(VirtualMessage):
 
 
 class GuardedChannel(kombu_redis.Channel):
-    """kombu's Redis channel, dropping a popped message whose envelope cannot be read.
+    """kombu's Redis channel, dropping a popped message whose envelope cannot be read, and
+    failing with a connection error once its connection is gone.
 
     kombu parses the envelope (JSON, then the base64 body) after BRPOP has taken it from
     the list and before Celery sees it; a failure there would otherwise escape into the
@@ -133,6 +134,18 @@ class GuardedChannel(kombu_redis.Channel):
     """
 
     Message = GuardedMessage
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        if self.connection.client is None:
+            # The connection was collected (Celery's consumer does so on a connection error,
+            # before it closes it) while this channel stayed open, holding unacknowledged
+            # messages; closing it now restores them through a transport that no longer
+            # knows the broker. kombu's AttributeError there stopped the worker: this is the
+            # connection error it stands for, which Celery handles by reconnecting. Redis
+            # keeps the messages in its unacked hash; the ledger brings back their jobs.
+            raise redis.ConnectionError("the broker connection was closed")
+        params: dict[str, Any] = super()._connparams(asynchronous)  # type: ignore[misc]
+        return params
 
     def _brpop_read(self, **options: Any) -> bool:
         try:
