@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from typing import Annotated, cast
+from contextlib import ExitStack
+from typing import Annotated, Any, cast
 
 import typer
 from sqlalchemy.exc import SQLAlchemyError
@@ -82,28 +83,38 @@ def api(
     ] = None,
     workers: Annotated[int, typer.Option(min=1, max=64, help="uvicorn worker processes")] = 1,
 ) -> None:
-    """Serve the HTTP API (uvicorn)."""
+    """Serve the HTTP API (uvicorn); several workers each accept on a socket of their own."""
     import uvicorn  # noqa: PLC0415 - loaded by this command only: every command starts faster
 
     from api_shim.request_deadlines import RequestDeadlineProtocol  # noqa: PLC0415 - loaded by this command only: every command starts faster
+    from conveyor.cli.api_listeners import SpreadSupervisor, reuse_port_listeners  # noqa: PLC0415 - loaded by this command only: every command starts faster
 
     settings = command_settings()
-    if workers > 1 and not os.environ.get(_METRICS_DIR):
+    options: dict[str, Any] = {
+        "factory": True,
+        "http": RequestDeadlineProtocol,  # slow clients are disconnected
+        "host": host or settings.api_host,
+        "port": port or settings.api_port,
+        "log_config": None,  # the JSON logging configured by the app
+        "log_level": settings.log_level.lower(),
+        "access_log": False,  # requests are counted in /metrics; errors are logged with ids
+        "server_header": False,
+        "proxy_headers": False,
+    }
+    if workers == 1:
+        uvicorn.run("api_shim.app:build", **options)
+        return
+    config = uvicorn.Config("api_shim.app:build", workers=workers, **options)
+    if not os.environ.get(_METRICS_DIR):
         # each worker process counts in files here, so one scrape adds every process up
         os.environ[_METRICS_DIR] = tempfile.mkdtemp(prefix="conveyor-metrics-")
-    uvicorn.run(
-        "api_shim.app:build",
-        factory=True,
-        http=RequestDeadlineProtocol,  # slow clients are disconnected
-        host=host or settings.api_host,
-        port=port or settings.api_port,
-        workers=workers,
-        log_config=None,  # the JSON logging configured by the app
-        log_level=settings.log_level.lower(),
-        access_log=False,  # requests are counted in /metrics; errors are logged with ids
-        server_header=False,
-        proxy_headers=False,
-    )
+    with ExitStack() as stack:
+        try:
+            sockets = stack.enter_context(reuse_port_listeners(config.host, config.port, workers))
+        except OSError as error:
+            address = f"{config.host}:{config.port}"
+            refuse(ExitCode.USAGE, f"cannot listen on {address}: {error.strerror}")
+        SpreadSupervisor(config, sockets).run()
 
 
 def migrate(
