@@ -117,8 +117,7 @@ class _Waiter:
     done: threading.Event = field(default_factory=threading.Event)
     answer: Any = None
     error: BaseException | None = None
-    # set when the caller stopped waiting (killed): called with the answer once it comes
-    forsaken: Callable[[Any], None] | None = None
+    forsaken: bool = False  # the caller stopped waiting (killed) before the answer came
 
     def settle(self, answer: Any = None, error: BaseException | None = None) -> None:
         self.answer, self.error = answer, error
@@ -181,21 +180,17 @@ class GroupCommit:
             # killed while the round was on its way (Celery ends a gevent task when the
             # broker connection drops): the round may still open the attempt, under this
             # process's live lease, for a job nobody will run
-            self._forsake(waiter, delivery.job_id)
+            with self._answering:
+                waiter.forsaken = not waiter.done.is_set()
+            if not waiter.forsaken:  # answered just before the caller was killed
+                self._hand_back(waiter)
             raise
         return answer
 
-    def _forsake(self, waiter: _Waiter, job_id: str) -> None:
-        def put_back(answer: Any) -> None:
-            if isinstance(answer, AttemptStart):
-                self._on_forsaken_start(job_id, answer.attempt)
-
-        with self._answering:
-            answered = waiter.done.is_set()
-            if not answered:
-                waiter.forsaken = put_back
-        if answered and waiter.error is None:
-            put_back(waiter.answer)
+    def _hand_back(self, waiter: _Waiter) -> None:
+        """Give an attempt opened for a claim whose caller is gone to ``on_forsaken_start``."""
+        if isinstance(waiter.answer, AttemptStart):
+            self._on_forsaken_start(waiter.record["id"], waiter.answer.attempt)
 
     def succeed(self, job_id: str, attempt: int, result: Any) -> bool:
         """Record attempt ``attempt`` of a running job as succeeded; whether the job moved.
@@ -251,9 +246,9 @@ class GroupCommit:
         with self._answering:
             for waiter, answer in zip(claims + successes, answers, strict=True):
                 waiter.settle(answer)
-            forsaken = [(w.forsaken, w.answer) for w in claims if w.forsaken is not None]
-        for put_back, answer in forsaken:
-            put_back(answer)
+            forsaken = [waiter for waiter in claims if waiter.forsaken]
+        for waiter in forsaken:
+            self._hand_back(waiter)
 
     def _write(
         self, claims: list[_Waiter], successes: list[_Waiter]
