@@ -5,10 +5,11 @@
 The work goes in small steps that a loop beside the relay takes four times a second
 (:meth:`Retention.step`): one batch of jobs, or one page of the blob sweep. So it never
 holds a worker's event loop or a prefork main process for long, and never locks more than a
-batch of rows. Every worker takes
-steps; batches are claimed with ``SKIP LOCKED``, and a worker that found nothing to delete
-waits a while before it looks again. The blob sweep reads the whole ledger, so one process per
-host and storage directory makes it, under a claim in Redis.
+batch of rows. Every worker takes steps, but a batch needs the retention turn
+(:mod:`workers.retention_turns`): one batch at a time across the deployment, at a pace that
+slows when batches take long. A worker that found nothing to delete waits a while before it
+looks again. The blob sweep reads the whole ledger, so one process per host and storage
+directory makes it, under a claim in Redis.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from workers.blob_store import BlobStore
 from workers.ledger.models import JobStatus
 from workers.ledger.retention import blob_ids_named, prune_finished
+from workers.retention_turns import RetentionTurns
 from workers.settings import RetentionPeriods
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class Retention:
         blobs: BlobStore,
         retention: RetentionPeriods,
         *,
+        turns: RetentionTurns | None = None,
         clock: Callable[[], datetime] = _utcnow,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -68,6 +71,7 @@ class Retention:
         self._redis = redis_client
         self._blobs = blobs
         self._retention = retention
+        self._turns = turns or RetentionTurns(redis_client)
         self._clock = clock
         self._monotonic = monotonic
         # a short retention (tests, demos) is looked after more often than every minute
@@ -93,20 +97,25 @@ class Retention:
             logger.warning("retention could not run", extra={"reason": str(error)})
 
     def _prune_step(self) -> bool:
-        """Delete one batch of expired jobs; whether there was one."""
+        """Delete one batch of expired jobs if this process has the turn; whether it did."""
         now = self._monotonic()
-        for status, keep in self._kept_for.items():
-            if now < self._next_prune[status]:
-                continue
-            deleted = prune_finished(self._engine(), status, self._clock() - keep, batch=BATCH)
-            if deleted:
-                self.pruned.jobs += deleted
-                logger.info(
-                    "retention deleted %d %s jobs", deleted, status, extra={"deleted": deleted}
-                )
-                return True
-            self._next_prune[status] = now + self._idle_wait
-        return False
+        due = [status for status, at in self._next_prune.items() if now >= at]
+        if not due or not self._turns.take():
+            return False
+        try:
+            for status in due:
+                before = self._clock() - self._kept_for[status]
+                deleted = prune_finished(self._engine(), status, before, batch=BATCH)
+                if deleted:
+                    self.pruned.jobs += deleted
+                    logger.info(
+                        "retention deleted %d %s jobs", deleted, status, extra={"deleted": deleted}
+                    )
+                    return True
+                self._next_prune[status] = now + self._idle_wait
+            return False
+        finally:
+            self._turns.spent(self._monotonic() - now)
 
     def _sweep_step(self) -> None:
         """Advance the blob sweep by one page, starting one when this process may."""

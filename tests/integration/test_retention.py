@@ -4,6 +4,7 @@ the rest stay; blobs no job names go once old; a real worker prunes on its own."
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ from workers.blob_store import BlobStore
 from workers.ledger.database import create_ledger_engine
 from workers.ledger.models import ATTEMPTS, JOBS
 from workers.retention import BATCH, Retention
+from workers.retention_turns import TURN, RetentionTurns
 from workers.settings import RetentionPeriods
 
 HOUR = timedelta(hours=1)
@@ -74,8 +76,11 @@ def remaining(engine: Engine, ids: list[str]) -> tuple[set[str], int]:
 def retention_on(
     engine: Engine, redis_url: str, blobs: BlobStore, clock: Callable[[], datetime] = now
 ) -> Retention:
+    """Retention whose every step has a turn (turns of 1 ms, never lengthened), so that the
+    steps below each do their work."""
     client = redis.Redis.from_url(redis_url)
-    return Retention(lambda: engine, lambda: client, blobs, PERIODS, clock=clock)
+    turns = RetentionTurns(lambda: client, turn=timedelta(milliseconds=1), duty=1.0)
+    return Retention(lambda: engine, lambda: client, blobs, PERIODS, turns=turns, clock=clock)
 
 
 def settle(retention: Retention, steps: int = 50) -> None:
@@ -117,6 +122,47 @@ def test_a_large_backlog_goes_in_batches(engine: Engine, redis_url: str, tmp_pat
 
     settle(retention, steps=3)
     assert remaining(engine, ids) == (set(), 0)
+
+
+def test_workers_take_turns_at_deleting_so_more_workers_delete_no_faster(
+    engine: Engine, redis_url: str, tmp_path: Path
+) -> None:
+    ids = [add_job(engine, "succeeded", 2 * HOUR) for _ in range(2 * BATCH)]
+    client = redis.Redis.from_url(redis_url)
+    blobs = BlobStore(tmp_path / "blobs")
+    shared_turns = [RetentionTurns(lambda: client) for _ in range(3)]  # one per process
+    workers = [
+        Retention(lambda: engine, lambda: client, blobs, PERIODS, turns=turns)
+        for turns in shared_turns
+    ]
+
+    first_batch = time.monotonic()
+    for retention in workers:
+        retention.step()
+    assert len(remaining(engine, ids)[0]) == BATCH  # one batch among the three
+
+    def next_batch_went() -> bool:
+        for retention in workers:
+            retention.step()
+        return not remaining(engine, ids)[0]
+
+    wait_for(next_batch_went, timeout=30, interval=0.01, what="the second batch")
+    assert time.monotonic() - first_batch >= TURN.total_seconds()
+    assert sum(retention.pruned.jobs for retention in workers) == 2 * BATCH
+
+
+def test_a_slow_batch_lengthens_the_turn_to_keep_deleting_to_its_share(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    key = f"test:turn:{uuid.uuid4().hex}"
+    mine, theirs = (RetentionTurns(lambda: client, key=key, duty=0.1) for _ in range(2))
+
+    assert mine.take()
+    mine.spent(0.005)  # a quick batch: the turn stays as it was
+    assert 0 < client.pttl(key) <= TURN.total_seconds() * 1000
+
+    mine.spent(0.1)  # a batch of 100 ms may fill a tenth: 900 ms more
+    assert 800 < client.pttl(key) <= 900
+    assert not theirs.take()
 
 
 def test_old_blobs_no_job_names_are_deleted_and_the_rest_stay(
