@@ -55,7 +55,18 @@ class StackProcess:
     name: str
     command: Sequence[str]
     process: subprocess.Popen[bytes] | None = None
+    #: The group asked it to stop (SIGTERM).
+    stopping: bool = False
     _pump: threading.Thread | None = field(default=None, repr=False)
+
+    def ending(self, code: int) -> str:
+        """How its end reads: ``stopped`` when it ended as asked (uvicorn re-raises the
+        SIGTERM it handled, so that is a clean stop too), else the code or the signal."""
+        if self.stopping and code in (0, -signal.SIGTERM):
+            return "stopped"
+        if code < 0:
+            return f"killed by {signal.Signals(-code).name}"
+        return f"exited with code {code}"
 
 
 class ProcessGroup:
@@ -83,7 +94,7 @@ class ProcessGroup:
         )
         entry = StackProcess(name, command, process)
         entry._pump = threading.Thread(
-            target=self._copy, args=(name, process), name=f"log-{name}", daemon=True
+            target=self._copy, args=(entry, process), name=f"log-{name}", daemon=True
         )
         entry._pump.start()
         self._started.append(entry)
@@ -95,11 +106,11 @@ class ProcessGroup:
             self._out.write(f"{name:<{self._width}} | {line}\n")
             self._out.flush()
 
-    def _copy(self, name: str, process: subprocess.Popen[bytes]) -> None:
+    def _copy(self, entry: StackProcess, process: subprocess.Popen[bytes]) -> None:
         assert process.stdout is not None  # noqa: S101 - piped above
         for raw in process.stdout:
-            self.say(name, raw.decode("utf-8", "replace").rstrip("\n"))
-        self.say(name, f"exited with code {process.wait()}")
+            self.say(entry.name, raw.decode("utf-8", "replace").rstrip("\n"))
+        self.say(entry.name, entry.ending(process.wait()))
 
     def exited(self) -> StackProcess | None:
         """A process that has ended on its own, if any."""
@@ -127,6 +138,7 @@ class ProcessGroup:
         if process is None:
             return
         if process.poll() is None:
+            entry.stopping = True
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
             try:

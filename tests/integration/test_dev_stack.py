@@ -153,7 +153,14 @@ def test_dev_serves_everything_and_stops_cleanly(
     assert process.wait(90) == 0, log_path.read_text()[-4000:]
     left = [pid for pid in children if alive(pid)]
     assert left == [], f"processes left behind: {left}"
-    assert "stopped" in log_path.read_text().splitlines()[-1]
+    lines = log_path.read_text().splitlines()
+    assert "stopped" in lines[-1]
+    # each process ended as asked: the API's re-raised SIGTERM is no error code
+    endings = {
+        prefix: [line for line in lines if line.startswith(f"{prefix:<10} | ")][-1]
+        for prefix in ("valkey", "api", "worker-io", "worker-cpu", "beat", "flower")
+    }
+    assert all(line.endswith("| stopped") for line in endings.values()), endings
 
 
 def test_a_supervisor_killed_outright_leaves_no_process_behind(
