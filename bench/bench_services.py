@@ -88,28 +88,95 @@ def wait_for_redis(url: str, server: subprocess.Popen[bytes]) -> None:
         client.close()
 
 
-def fresh_database(name: str) -> str:
-    """An empty database ``name`` (dropped first if it exists); its URL."""
-    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
+def postgres_program(name: str) -> str:
+    """The path of PostgreSQL's ``name`` (``initdb``, ``postgres``): on the PATH, or in
+    Debian's ``/usr/lib/postgresql/<version>/bin`` (the highest version)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+        key=lambda path: int(path.parent.parent.name) if path.parent.parent.name.isdigit() else 0,
+    )
+    if not candidates:
+        raise SystemExit(f"PostgreSQL's {name} is not installed")
+    return str(candidates[-1])
+
+
+@contextmanager
+def private_postgres() -> Iterator[str]:
+    """A PostgreSQL server of this run's own, with PostgreSQL's default settings (autovacuum
+    on, whatever the shared server has), on loopback with trust auth; its URL without a
+    database. Run as user ``postgres`` when this process is root, since PostgreSQL refuses to
+    run as root. Stopped (fast shutdown) and its directory removed when the block ends."""
+    directory = Path(tempfile.mkdtemp(prefix="bench-postgres-"))
+    user = "postgres" if os.geteuid() == 0 else None
+    if user is not None:
+        shutil.chown(directory, user, user)
+    data = directory / "data"
+    subprocess.run(
+        [postgres_program("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+         "-E", "UTF8", "--no-sync"],
+        check=True, stdout=subprocess.DEVNULL, user=user,
+    )  # fmt: skip
+    port = free_port()
+    with (directory / "postgres.log").open("wb") as log:
+        server = subprocess.Popen(
+            [postgres_program("postgres"), "-D", str(data), "-p", str(port),
+             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={directory}"],
+            stdout=log, stderr=subprocess.STDOUT, user=user,
+        )  # fmt: skip
+    url = f"postgresql://postgres@127.0.0.1:{port}"
+    try:
+        wait_for_postgres(url, server)
+        yield url
+    finally:
+        server.send_signal(signal.SIGINT)  # fast shutdown
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def wait_for_postgres(url: str, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the private postgres exited with {server.returncode}")
+        try:
+            psycopg.connect(f"{url}/postgres", connect_timeout=1).close()
+        except psycopg.OperationalError:
+            time.sleep(0.05)
+        else:
+            return
+    raise SystemExit("the private postgres did not answer within 30 s")
+
+
+def fresh_database(name: str, server: str = POSTGRES) -> str:
+    """An empty database ``name`` on ``server`` (dropped first if it exists); its URL."""
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"')
-    return f"{POSTGRES}/{name}"
+    return f"{server}/{name}"
 
 
-def drop_database(name: str) -> None:
-    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
+def drop_database(name: str, server: str = POSTGRES) -> None:
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextmanager
-def fresh_ledger(purpose: str) -> Iterator[str]:
-    """A new PostgreSQL database for this run, migrated with ``conveyor migrate``; its URL.
+def fresh_ledger(purpose: str, server: str = POSTGRES) -> Iterator[str]:
+    """A new PostgreSQL database on ``server`` for this run, migrated with ``conveyor
+    migrate``; its URL.
 
     The name holds ``purpose`` and this process's id, so runs never share one; the database
     is dropped when the block ends.
     """
     name = f"conveyor_bench_{purpose}_{os.getpid()}"
-    url = fresh_database(name)
+    url = fresh_database(name, server)
     try:
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")},
@@ -123,7 +190,7 @@ def fresh_ledger(purpose: str) -> Iterator[str]:
         )  # fmt: skip
         yield url
     finally:
-        drop_database(name)
+        drop_database(name, server)
 
 
 def ledger_statuses(database: str, job_ids: list[str]) -> dict[str, int]:

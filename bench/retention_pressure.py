@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -35,7 +35,7 @@ from tempfile import TemporaryDirectory
 import psycopg
 from bench_processes import conveyor_env, conveyor_worker, exit_on_sigterm
 from bench_report import Row, Target, report
-from bench_services import celery_client, fresh_ledger, private_redis
+from bench_services import POSTGRES, celery_client, fresh_ledger, private_postgres, private_redis
 from celery import Celery
 
 TARGET_P99_RATIO = 1.2
@@ -66,6 +66,12 @@ FROM jobs WHERE id LIKE 'old-%'
 LOOK_EVERY = 0.2
 #: In a control run, where the windows are cut: pruning's usual start after the flow's.
 CONTROL_PRUNING_FROM = 60.0
+
+
+def setting(database: str, name: str) -> str:
+    with psycopg.connect(database) as connection:
+        row = connection.execute("SELECT current_setting(%s)", (name,)).fetchone()
+    return str(row[0]) if row else "?"
 
 
 def write_backlog(database: str, count: int, due_after: float) -> None:
@@ -204,6 +210,11 @@ def main() -> None:
     parser.add_argument("--warmup-seconds", type=float, default=10.0)
     parser.add_argument("--after-seconds", type=float, default=10.0)
     parser.add_argument(
+        "--shared-postgres", action="store_true",
+        help=f"use {POSTGRES} as configured instead of a private server with PostgreSQL's "
+        "defaults (autovacuum on)",
+    )  # fmt: skip
+    parser.add_argument(
         "--control", type=float, metavar="SECONDS", help="nothing to prune; cut the windows "
         f"at {CONTROL_PRUNING_FROM:g} s and {CONTROL_PRUNING_FROM:g} + SECONDS"
     )  # fmt: skip
@@ -214,8 +225,10 @@ def main() -> None:
     with (
         TemporaryDirectory(prefix="bench-retention-") as workdir,
         private_redis() as redis_url,
-        fresh_ledger("retention") as database,
+        nullcontext(POSTGRES) if args.shared_postgres else private_postgres() as server,
+        fresh_ledger("retention", server) as database,
     ):
+        autovacuum = setting(database, "autovacuum")
         env = conveyor_env(
             redis_url,
             database,
@@ -247,6 +260,7 @@ def main() -> None:
 
     figures: dict[str, float | int | str | None] = {
         "control": control,
+        "autovacuum": autovacuum,
         "backlog": args.backlog,
         "rate": args.rate,
         "workers": args.workers,
@@ -264,7 +278,8 @@ def main() -> None:
     print(
         f"{args.backlog} finished jobs "
         f"{'kept (control: nothing to prune)' if control else 'pruned'} while {args.rate:g}"
-        f" jobs/s flow ({args.workers} io worker(s), -c {args.concurrency})"
+        f" jobs/s flow ({args.workers} io worker(s), -c {args.concurrency};"
+        f" PostgreSQL {'shared' if args.shared_postgres else 'private'}, autovacuum {autovacuum})"
     )
     print(f"  {'window':<34} {'jobs':>6} {'p50 ms':>8} {'p99 ms':>8}")
     labels = {
