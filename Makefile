@@ -43,7 +43,7 @@ integration: $(STAMP) ## integration tests against real Redis, PostgreSQL and wo
 chaos: $(STAMP) ## every fault-injection scenario: kills, Redis and database faults, restarts (seed printed; CONVEYOR_CHAOS_SEED replays)
 	$(BIN)/pytest -s tests/chaos
 
-bench: $(BENCH_STAMP) ## every benchmark against its baseline in the same run, about 9 minutes (bench/README.md)
+bench: $(BENCH_STAMP) ## every benchmark against its baseline in the same run, about 10 minutes (bench/README.md)
 	@date +%s > $(VENV)/.bench-started
 	$(BIN)/python bench/broker_ceiling.py --requests 200000 --clients 50
 	$(BIN)/python bench/latency.py --jobs 300
