@@ -212,7 +212,7 @@ def test_ctrl_c_stops_the_demo_and_its_stack_in_order(tmp_path: Path) -> None:
     stack_log = (tmp_path / "var" / "demo" / "stack.log").read_text()
     assert "valkey     | " in stack_log
     # the embedded Valkey stopped last, after the workers' warm shutdown
-    assert stack_log.rindex("valkey     | exited") > stack_log.rindex("worker-io  | exited")
+    assert stack_log.rindex("valkey     | stopped") > stack_log.rindex("worker-io  | stopped")
     assert "did not stop" not in stack_log
     assert demo.left_behind() == []
     statuses = Counter(row["status"] for row in ledger_rows(tmp_path / "ledger.db"))
