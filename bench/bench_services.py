@@ -110,34 +110,43 @@ def private_postgres() -> Iterator[str]:
     database. Run as user ``postgres`` when this process is root, since PostgreSQL refuses to
     run as root. Stopped (fast shutdown) and its directory removed when the block ends."""
     directory = Path(tempfile.mkdtemp(prefix="bench-postgres-"))
-    user = "postgres" if os.geteuid() == 0 else None
-    if user is not None:
-        shutil.chown(directory, user, user)
-    data = directory / "data"
-    subprocess.run(
-        [postgres_program("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-         "-E", "UTF8", "--no-sync"],
-        check=True, stdout=subprocess.DEVNULL, user=user,
-    )  # fmt: skip
-    port = free_port()
-    with (directory / "postgres.log").open("wb") as log:
-        server = subprocess.Popen(
-            [postgres_program("postgres"), "-D", str(data), "-p", str(port),
-             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={directory}"],
-            stdout=log, stderr=subprocess.STDOUT, user=user,
-        )  # fmt: skip
-    url = f"postgresql://postgres@127.0.0.1:{port}"
     try:
-        wait_for_postgres(url, server)
-        yield url
+        user = "postgres" if os.geteuid() == 0 else None
+        if user is not None:
+            shutil.chown(directory, user, user)
+        data = directory / "data"
+        subprocess.run(
+            [postgres_program("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+             "-E", "UTF8", "--no-sync"],
+            check=True, stdout=subprocess.DEVNULL, user=user,
+        )  # fmt: skip
+        port = free_port()
+        with (directory / "postgres.log").open("wb") as log:
+            server = subprocess.Popen(
+                [postgres_program("postgres"), "-D", str(data), "-p", str(port),
+                 "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={directory}"],
+                stdout=log, stderr=subprocess.STDOUT, user=user,
+            )  # fmt: skip
+        with stopped_at_exit(server):
+            url = f"postgresql://postgres@127.0.0.1:{port}"
+            wait_for_postgres(url, server)
+            yield url
     finally:
-        server.send_signal(signal.SIGINT)  # fast shutdown
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextmanager
+def stopped_at_exit(server: subprocess.Popen[bytes]) -> Iterator[None]:
+    """``server`` (a postgres) stopped with a fast shutdown when the block ends."""
+    try:
+        yield
+    finally:
+        server.send_signal(signal.SIGINT)
         try:
             server.wait(30)
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def wait_for_postgres(url: str, server: subprocess.Popen[bytes]) -> None:
