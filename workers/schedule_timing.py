@@ -13,9 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterError, croniter
+if TYPE_CHECKING:
+    from croniter import croniter
 
 #: The longest period of an ``every_seconds`` schedule: one year.
 MAX_EVERY_SECONDS = 365 * 24 * 3600
@@ -45,13 +47,22 @@ def time_zone(name: str) -> ZoneInfo:
         raise ScheduleTimingError("timezone", f"unknown IANA time zone {name!r}") from None
 
 
+def _cron(expression: str, start: datetime | None = None) -> croniter:
+    """croniter's reading of ``expression`` from ``start``. croniter is imported here, on
+    first use: its import runs ``file`` on the interpreter (``platform.architecture()``) and
+    takes about 80 ms, which every CLI command and the demo would otherwise pay."""
+    from croniter import croniter  # noqa: PLC0415 - see above
+
+    return croniter(expression, start, second_at_beginning=True)
+
+
 def check_cron(expression: str) -> str:
     """``expression`` if it is a cron expression Conveyor can run, else the reason why not."""
     if len(expression) > MAX_CRON_LENGTH or not expression.isascii():
         raise ScheduleTimingError("cron", "not a cron expression")
     try:
-        croniter(expression, datetime(2000, 1, 1, tzinfo=UTC), second_at_beginning=True)
-    except (CroniterError, ValueError, TypeError, KeyError) as error:
+        _cron(expression, datetime(2000, 1, 1, tzinfo=UTC))
+    except (ValueError, TypeError, KeyError) as error:  # croniter's errors are ValueErrors
         raise ScheduleTimingError("cron", f"not a cron expression: {error}") from None
     if len(expression.split()) > 6:
         raise ScheduleTimingError("cron", "a cron expression has 5 fields, or 6 with seconds")
@@ -127,9 +138,15 @@ class Timing:
             moment = iterator.get_next(datetime).astimezone(UTC)
         return count
 
+    @property
+    def _expression(self) -> str:
+        if self.cron is None:
+            raise ScheduleTimingError("cron", "a fixed period has no cron ticks")
+        return self.cron
+
     def _iterator(self, start: datetime) -> croniter:
         zone = time_zone(self.timezone)
-        return croniter(self.cron, start.astimezone(zone), second_at_beginning=True)
+        return _cron(self._expression, start.astimezone(zone))
 
     def _cron_after(self, moment: datetime) -> datetime:
         return self._cron_step(moment, forward=True)
@@ -162,5 +179,5 @@ class Timing:
 
     @cached_property
     def _hour_is_wildcard(self) -> bool:
-        expanded = croniter(self.cron, second_at_beginning=True).expanded
+        expanded = _cron(self._expression).expanded
         return bool(expanded[_HOUR_FIELD] == ["*"])
