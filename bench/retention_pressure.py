@@ -19,6 +19,16 @@ p99 to the steady window's, and one JSON line.
 the retention): the windows are cut where a pruning run's usually fall (pruning from 60 s
 into the flow, for SECONDS), which shows how far the flow's own p99 wanders between windows.
 
+``--alternate SECONDS`` compares within the same minutes instead: once pruning has begun, the
+benchmark holds the workers' retention turn (:data:`workers.retention_turns.TURN_KEY`) in
+every other slot of SECONDS, so the workers delete in one slot and not in the next, until the
+backlog is gone. Jobs sent in deleting slots are compared with jobs sent in held-off slots
+(the first :data:`SLOT_GUARD` seconds of each slot count in neither, for a batch in flight).
+Slow drift of the flow's own latency falls on both sides alike; what follows a batch for
+longer than a slot (a vacuum of the deleted rows, a checkpoint) does too, so this measures
+the deletes themselves. With ``--control`` it is an A/A comparison: how far two interleaved
+halves of the same flow differ with nothing to prune.
+
     .venv/bin/python bench/retention_pressure.py --backlog 100000 --rate 500 --workers 2
 """
 
@@ -33,10 +43,13 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import psycopg
+import redis
 from bench_processes import conveyor_env, conveyor_worker, exit_on_sigterm
 from bench_report import Row, Target, report
 from bench_services import POSTGRES, celery_client, fresh_ledger, private_postgres, private_redis
 from celery import Celery
+
+from workers.retention_turns import TURN_KEY
 
 TARGET_P99_RATIO = 1.2
 #: The backlog crosses the retention this long after it is written, before the workers'
@@ -96,6 +109,12 @@ class BacklogWatch:
     ended_at: float | None = None
     vacuums: list[float] = field(default_factory=list)
 
+    def left(self) -> int:
+        """How many of the backlog's jobs are still in the ledger."""
+        with psycopg.connect(self.database) as connection:
+            row = connection.execute("SELECT count(*) FROM jobs WHERE id LIKE 'old-%'").fetchone()
+        return int(row[0]) if row else 0
+
     def look(self) -> None:
         with psycopg.connect(self.database) as connection:
             row = connection.execute(
@@ -112,16 +131,88 @@ class BacklogWatch:
                         setattr(self, attribute, time.time())
 
 
+#: The first seconds of each slot of an alternating run, whose jobs count on neither side.
+SLOT_GUARD = 0.5
+#: The retention turn's holder in an alternating run, and how long one hold lasts unrenewed.
+_HOLDER = "retention-pressure"
+_HOLD_MS = 1500
+# the hold is given back only if the benchmark still holds it (a worker's may follow)
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end"
+
+
+@dataclass
+class Alternation:
+    """Pruning allowed and held off in turns of ``slot`` seconds from pruning's start to its
+    end, by holding the workers' retention turn in the odd slots.
+
+    It checks itself: the backlog's jobs left are counted once past each slot's guard, and
+    again as each held-off slot ends, before the turn is given back; ``leaked`` sums what
+    left the ledger in held-off slots past their guard (it should stay 0)."""
+
+    broker: redis.Redis
+    slot: float
+    holding: bool = False
+    leaked: int = 0
+    _counted_slot: float | None = None
+    _left_when_held: int | None = None
+
+    def place(self, moment: float, watch: BacklogWatch) -> str | None:
+        """Where ``moment`` fell: ``deleting`` or ``held off`` (a slot of either kind),
+        ``guard`` (a slot's first seconds), or None (outside the alternation)."""
+        if watch.started_at is None or moment < watch.started_at:
+            return None
+        if watch.ended_at is not None and moment >= watch.ended_at:
+            return None
+        number, into = divmod(moment - watch.started_at, self.slot)
+        if into < SLOT_GUARD:
+            return "guard"
+        return "deleting" if int(number) % 2 == 0 else "held off"
+
+    def steer(self, watch: BacklogWatch) -> None:
+        """Hold or give back the turn for the slot that runs now (called every look)."""
+        now = time.time()
+        place = self.place(now, watch)
+        held_off_slot = place == "held off" or (
+            place == "guard" and watch.started_at is not None
+            and (now - watch.started_at) // self.slot % 2 == 1
+        )  # fmt: skip
+        if held_off_slot:
+            # renewed every look: a worker whose batch ran into the slot overwrites it
+            self.broker.set(TURN_KEY, _HOLDER, px=_HOLD_MS)
+            self.holding = True
+        elif self.holding:
+            if self._left_when_held is not None:
+                self.leaked += self._left_when_held - watch.left()
+            self._left_when_held = None
+            self.broker.eval(_RELEASE, 1, TURN_KEY, _HOLDER)
+            self.holding = False
+        slot = (now - watch.started_at) // self.slot if watch.started_at else None
+        if place in {"deleting", "held off"} and slot != self._counted_slot:
+            # one count past each slot's guard, in either kind of slot alike
+            self._counted_slot = slot
+            left = watch.left()
+            if place == "held off":
+                self._left_when_held = left
+
+
 def flow(
-    client: Celery, rate: float, watch: BacklogWatch, after: float, limit: float
+    client: Celery,
+    rate: float,
+    watch: BacklogWatch,
+    after: float,
+    limit: float,
+    *,
+    alternation: Alternation | None = None,
 ) -> dict[str, float]:
     """Send at ``rate`` jobs/s until ``after`` seconds past the backlog's end (or ``limit``
-    seconds in all); job id → send time (Unix)."""
+    seconds in all), steering ``alternation`` if given; job id → send time (Unix)."""
     sent: dict[str, float] = {}
     started = looked = time.monotonic()
     while time.monotonic() - started < limit:
         if time.monotonic() - looked >= LOOK_EVERY:
             watch.look()
+            if alternation is not None:
+                alternation.steer(watch)
             looked = time.monotonic()
             if watch.ended_at is not None and time.time() > watch.ended_at + after:
                 break
@@ -177,6 +268,12 @@ class Window:
     name: str
     latencies: list[float]
 
+    @property
+    def p99_ms(self) -> float | None:
+        if not self.latencies:
+            return None
+        return round(percentile(self.latencies, 0.99) * 1000, 1)
+
     def figures(self) -> Iterator[tuple[str, float | int]]:
         yield f"{self.name}_jobs", len(self.latencies)
         if self.latencies:
@@ -201,7 +298,21 @@ def windows(
     return [Window(name, sorted(values)) for name, values in found.items()]
 
 
-def main() -> None:
+def alternating_windows(
+    sent: dict[str, float], finished: dict[str, float], alternation: Alternation,
+    watch: BacklogWatch,
+) -> list[Window]:  # fmt: skip
+    """The latencies of the jobs sent in deleting slots and in held-off slots."""
+    found: dict[str | None, list[float]] = {"deleting": [], "held off": []}
+    for job_id, sent_at in sent.items():
+        side = alternation.place(sent_at, watch)
+        if side in found and job_id in finished:
+            found[side].append(finished[job_id] - sent_at)
+    deleting, held_off = (sorted(found[side]) for side in ("deleting", "held off"))
+    return [Window("deleting", deleting), Window("held_off", held_off)]
+
+
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backlog", type=int, default=100_000)
     parser.add_argument("--rate", type=float, default=500.0)
@@ -218,10 +329,29 @@ def main() -> None:
         "--control", type=float, metavar="SECONDS", help="nothing to prune; cut the windows "
         f"at {CONTROL_PRUNING_FROM:g} s and {CONTROL_PRUNING_FROM:g} + SECONDS"
     )  # fmt: skip
-    args = parser.parse_args()
+    parser.add_argument(
+        "--alternate", type=float, metavar="SECONDS", help="hold pruning off in every other "
+        "slot of SECONDS and compare the jobs sent in deleting and held-off slots"
+    )  # fmt: skip
+    return parser.parse_args()
+
+
+@dataclass
+class FlowRun:
+    """What one run sent and saw: send and finish times, the backlog's watch, the flow's
+    start (Unix), the ledger's autovacuum setting and the alternation, if any."""
+
+    sent: dict[str, float]
+    finished: dict[str, float]
+    watch: BacklogWatch
+    flow_started: float
+    autovacuum: str
+    alternation: Alternation | None
+
+
+def run_flow(args: argparse.Namespace) -> FlowRun:
+    """Write the backlog, start the workers and send the flow until pruning has ended."""
     control = args.control is not None
-    exit_on_sigterm()
-    started = time.monotonic()
     with (
         TemporaryDirectory(prefix="bench-retention-") as workdir,
         private_redis() as redis_url,
@@ -244,23 +374,52 @@ def main() -> None:
                     conveyor_worker("io", env, Path(workdir), f"retention-{number}")
                 )
             client = stack.enter_context(celery_client(redis_url))
+            broker = stack.enter_context(redis.Redis.from_url(redis_url))
+            alternation = Alternation(broker, args.alternate) if args.alternate else None
             flow_started = time.time()
             if control:
                 watch.started_at = flow_started + CONTROL_PRUNING_FROM
                 watch.ended_at = watch.started_at + args.control
-            sent = flow(client, args.rate, watch, args.after_seconds, limit=900)
+            sent = flow(client, args.rate, watch, args.after_seconds, 1800, alternation=alternation)
         finished = finish_times(database, sent)
+    return FlowRun(sent, finished, watch, flow_started, autovacuum, alternation)
+
+
+def print_windows(
+    labelled: list[tuple[str, Window]], figures: dict[str, float | int | str | None]
+) -> None:
+    for label, window in labelled:
+        p50 = figures.get(f"{window.name}_p50_ms")
+        p99 = figures.get(f"{window.name}_p99_ms")
+        print(f"  {label:<34} {len(window.latencies):>6} {p50!s:>8} {p99!s:>8}")
+
+
+def p99_ratio(figures: dict[str, float | int | str | None], window: str, baseline: str) -> float:
+    p99, baseline_p99 = figures[f"{window}_p99_ms"], figures[f"{baseline}_p99_ms"]
+    assert isinstance(p99, float)
+    assert isinstance(baseline_p99, float)
+    return round(p99 / baseline_p99, 2)
+
+
+def main() -> None:
+    args = arguments()
+    control = args.control is not None
+    exit_on_sigterm()
+    started = time.monotonic()
+    run = run_flow(args)
+    sent, finished, watch = run.sent, run.finished, run.watch
     assert watch.started_at is not None, "pruning never began"
     assert watch.ended_at is not None, "pruning never ended"
-    steady_from = flow_started + args.warmup_seconds
+    steady_from = run.flow_started + args.warmup_seconds
     assert watch.started_at > steady_from, "pruning began before the steady window"
     steady, pruning, after = windows(
         sent, finished, (steady_from, watch.started_at, watch.ended_at)
     )
+    sides = alternating_windows(sent, finished, run.alternation, watch) if run.alternation else []
 
     figures: dict[str, float | int | str | None] = {
         "control": control,
-        "autovacuum": autovacuum,
+        "autovacuum": run.autovacuum,
         "backlog": args.backlog,
         "rate": args.rate,
         "workers": args.workers,
@@ -269,44 +428,68 @@ def main() -> None:
         "pruned_in_seconds": round(watch.ended_at - watch.started_at, 1),
         "vacuum_seen_seconds": round(len(watch.vacuums) * LOOK_EVERY, 1),
     }
-    for window in (steady, pruning, after):
+    for window in (steady, pruning, after, *sides):
         figures.update(window.figures())
-    steady_p99, pruning_p99 = figures["steady_p99_ms"], figures["pruning_p99_ms"]
-    assert isinstance(steady_p99, float)
-    assert isinstance(pruning_p99, float)
-    figures["p99_ratio"] = round(pruning_p99 / steady_p99, 2)
+    figures["p99_ratio"] = p99_ratio(figures, "pruning", "steady")
+    if sides:
+        figures["alternate_seconds"] = args.alternate
+        figures["alternation_p99_ratio"] = p99_ratio(figures, "deleting", "held_off")
     print(
         f"{args.backlog} finished jobs "
         f"{'kept (control: nothing to prune)' if control else 'pruned'} while {args.rate:g}"
-        f" jobs/s flow ({args.workers} io worker(s), -c {args.concurrency};"
-        f" PostgreSQL {'shared' if args.shared_postgres else 'private'}, autovacuum {autovacuum})"
+        f" jobs/s flow ({args.workers} io worker(s), -c {args.concurrency}; PostgreSQL"
+        f" {'shared' if args.shared_postgres else 'private'}, autovacuum {run.autovacuum})"
     )
     print(f"  {'window':<34} {'jobs':>6} {'p50 ms':>8} {'p99 ms':>8}")
-    labels = {
-        "steady": f"nothing to prune ({figures['steady_seconds']} s)",
-        "pruning": f"{'control window' if control else 'pruning the backlog'}"
-        f" ({figures['pruned_in_seconds']} s)",
-        "after": "after it",
-    }
-    for window in (steady, pruning, after):
-        p50 = figures.get(f"{window.name}_p50_ms")
-        p99 = figures.get(f"{window.name}_p99_ms")
-        print(f"  {labels[window.name]:<34} {len(window.latencies):>6} {p50!s:>8} {p99!s:>8}")
+    pruning_label = "control window" if control else "pruning the backlog"
+    print_windows(
+        [
+            (f"nothing to prune ({figures['steady_seconds']} s)", steady),
+            (f"{pruning_label} ({figures['pruned_in_seconds']} s)", pruning),
+            ("after it", after),
+        ],
+        figures,
+    )
     print(f"  p99 ratio {figures['p99_ratio']}x; unfinished jobs {figures['unfinished_jobs']}")
+    if run.alternation is not None:
+        print(f"  in alternating slots of {args.alternate:g} s from pruning's start to its end:")
+        print_windows(list(zip(("deleting", "held off"), sides, strict=True)), figures)
+        print(f"  p99 ratio, deleting to held off {figures['alternation_p99_ratio']}x")
+        figures["deleted_while_held_off"] = run.alternation.leaked
+        print(
+            f"  backlog jobs that left the ledger in held-off slots past their first"
+            f" {SLOT_GUARD:g} s: {run.alternation.leaked}"
+        )
     print(
         "  each 5 s of the flow (< marks the warm-up's end, pruning's start and end;"
         " v a vacuum running in the ledger):"
     )
     print_series(sent, finished, [steady_from, watch.started_at, watch.ended_at], watch.vacuums)
-    row = Row(
-        f"p99 ms, send to finished, {args.rate:g} jobs/s while {args.backlog:,} old jobs "
-        f"are {'kept (control)' if control else 'pruned'}",
-        pruning_p99,
-        steady_p99,
-        "same flow and workers, nothing to prune",
-        Target("<=", TARGET_P99_RATIO, on_ratio=True),
-    )
-    report("retention_pressure", [row], figures, started)
+    kept = "kept (control)" if control else "pruned"
+    target = Target("<=", TARGET_P99_RATIO, on_ratio=True)
+    rows = [
+        Row(
+            f"p99 ms, send to finished, {args.rate:g} jobs/s while {args.backlog:,} old jobs "
+            f"are {kept}",
+            pruning.p99_ms,
+            steady.p99_ms,
+            "same flow and workers, nothing to prune",
+            target,
+        )
+    ]
+    if sides:
+        deleting, held_off = sides
+        rows.append(
+            Row(
+                f"p99 ms, the same, jobs sent in the {args.alternate:g} s slots in which the "
+                f"workers {'may delete (nothing is due)' if control else 'delete'}",
+                deleting.p99_ms,
+                held_off.p99_ms,
+                "jobs of the slots between them, pruning held off",
+                target,
+            )
+        )
+    report("retention_pressure", rows, figures, started)
 
 
 if __name__ == "__main__":
