@@ -35,6 +35,7 @@ halves of the same flow differ with nothing to prune.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, nullcontext
@@ -239,6 +240,16 @@ def finish_times(database: str, sent: dict[str, float], timeout: float = 300) ->
         time.sleep(0.5)
 
 
+def unfinished_statuses(database: str, job_ids: list[str]) -> dict[str, int]:
+    """How many of ``job_ids`` the ledger holds in each status, and how many it lacks."""
+    with psycopg.connect(database) as connection:
+        rows = connection.execute(
+            "SELECT status, count(*) FROM jobs WHERE id = ANY(%s) GROUP BY status", (job_ids,)
+        ).fetchall()
+    found = {str(status): int(count) for status, count in rows}
+    return {**found, "not in the ledger": len(job_ids) - sum(found.values())}
+
+
 def print_series(
     sent: dict[str, float], finished: dict[str, float], marks: list[float], vacuums: list[float]
 ) -> None:
@@ -347,6 +358,8 @@ class FlowRun:
     flow_started: float
     autovacuum: str
     alternation: Alternation | None
+    #: the ledger's statuses of the jobs that had not succeeded when the wait ended
+    unfinished: dict[str, int]
 
 
 def run_flow(args: argparse.Namespace) -> FlowRun:
@@ -381,8 +394,12 @@ def run_flow(args: argparse.Namespace) -> FlowRun:
                 watch.started_at = flow_started + CONTROL_PRUNING_FROM
                 watch.ended_at = watch.started_at + args.control
             sent = flow(client, args.rate, watch, args.after_seconds, 1800, alternation=alternation)
-        finished = finish_times(database, sent)
-    return FlowRun(sent, finished, watch, flow_started, autovacuum, alternation)
+            # while the workers still run: a queue left at the flow's end drains into the
+            # figures instead of counting as unfinished
+            finished = finish_times(database, sent)
+        missing = [job_id for job_id in sent if job_id not in finished]
+        unfinished = unfinished_statuses(database, missing) if missing else {}
+    return FlowRun(sent, finished, watch, flow_started, autovacuum, alternation, unfinished)
 
 
 def print_windows(
@@ -451,6 +468,9 @@ def main() -> None:
         figures,
     )
     print(f"  p99 ratio {figures['p99_ratio']}x; unfinished jobs {figures['unfinished_jobs']}")
+    if run.unfinished:
+        print(f"  the unfinished jobs in the ledger: {run.unfinished}")
+        figures["unfinished_by_status"] = json.dumps(run.unfinished)
     if run.alternation is not None:
         print(f"  in alternating slots of {args.alternate:g} s from pruning's start to its end:")
         print_windows(list(zip(("deleting", "held off"), sides, strict=True)), figures)
