@@ -55,7 +55,7 @@ bench: $(BENCH_STAMP) ## every benchmark against its baseline in the same run, a
 	$(BIN)/python bench/ledger_ceiling.py --jobs 10000 --processes 1,2
 	$(BIN)/python bench/peers.py --jobs 2000
 	$(BIN)/python bench/memory.py --jobs 20000
-	$(BIN)/python bench/retention_pressure.py --backlog 30000 --rate 200
+	$(BIN)/python bench/retention_pressure.py --backlog 30000 --rate 200 --alternate 5
 	@echo "make bench took $$(( $$(date +%s) - $$(cat $(VENV)/.bench-started) )) s"
 
 demo: $(STAMP) ## a mixed workload through both pools on embedded defaults, with a summary
