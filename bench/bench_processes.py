@@ -7,9 +7,11 @@ it answers, and stops it (SIGTERM, a warm shutdown; SIGKILL if it hangs) when th
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -67,6 +69,19 @@ def process_tree(pid: int) -> list[int]:
         for child in children:
             found.extend(process_tree(int(child)))
     return found
+
+
+@contextmanager
+def log_directory(prefix: str) -> Iterator[Path]:
+    """A directory for a run's process logs: removed when the block ends normally, kept and
+    named on stderr when it fails, so that the logs can be read."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield directory
+    except BaseException:
+        print(f"the processes' logs are kept in {directory}", file=sys.stderr)
+        raise
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @contextmanager

@@ -20,7 +20,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from bench_processes import log_directory
 from bench_services import (
     client_for,
     drop_database,
@@ -91,7 +91,7 @@ def wait_drained(
     yield progressed, left
     while left:
         if any(p.poll() is not None for p in processes):
-            raise SystemExit(f"a worker of {label} exited; see its log in /tmp")
+            raise SystemExit(f"a worker of {label} exited; see its log")
         if time.monotonic() - progressed > STALL_SECONDS:
             raise SystemExit(f"{label} stalled with {left} jobs left")
         time.sleep(0.005)
@@ -134,9 +134,10 @@ def timed_drain(  # noqa: PLR0917 - one call site, each argument named there
     broker = redis.Redis.from_url(url)
     label = "+".join(node.partition("@")[0] for node in commands)
     with ExitStack() as stack:
+        logs = stack.enter_context(log_directory("bench-noop-"))  # left last, once all stopped
         processes: dict[str, subprocess.Popen[bytes]] = {}
         for node, command in commands.items():
-            log_path = Path(tempfile.gettempdir()) / f"bench-noop-{node.partition('@')[0]}.log"
+            log_path = logs / f"{node.partition('@')[0]}.log"
             log = stack.enter_context(log_path.open("wb"))
             process = subprocess.Popen(
                 command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT

@@ -15,13 +15,11 @@ import contextlib
 import os
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import redis
-from bench_processes import base_env, exit_on_sigterm, process_tree, started
+from bench_processes import base_env, exit_on_sigterm, log_directory, process_tree, started
 from bench_report import Row, report
 from bench_services import BIN, ROOT, private_redis
 from completion_counter import drain_rate, reset
@@ -60,8 +58,10 @@ def dramatiq_drain(redis_url: str, jobs: int) -> float:
             str(BIN / "dramatiq"), "bench.peer_dramatiq_app",
             "-p", str(DRAMATIQ_PROCESSES), "-t", str(DRAMATIQ_THREADS),
         ]  # fmt: skip
-        log = Path(tempfile.gettempdir()) / f"bench-peers-dramatiq-{os.getpid()}.log"
-        with started(command, peer_env(redis_url), log):
+        with (
+            log_directory("bench-peers-") as logs,
+            started(command, peer_env(redis_url), logs / "dramatiq.log"),
+        ):
             return drain_rate(client, jobs, DRAIN_TIMEOUT)
     finally:
         broker.close()
@@ -85,8 +85,10 @@ def rq_drain(redis_url: str, jobs: int) -> float:
             str(BIN / "rq"), "worker-pool", "-n", str(RQ_WORKERS), "--burst",
             "-l", "WARNING", "-u", redis_url, QUEUE,
         ]  # fmt: skip
-        log = Path(tempfile.gettempdir()) / f"bench-peers-rq-{os.getpid()}.log"
-        with started(command, peer_env(redis_url), log) as pool:
+        with (
+            log_directory("bench-peers-") as logs,
+            started(command, peer_env(redis_url), logs / "rq.log") as pool,
+        ):
             rate = drain_rate(client, jobs, DRAIN_TIMEOUT)
             try:
                 pool.wait(POOL_EXIT_TIMEOUT)
