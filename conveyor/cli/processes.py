@@ -105,10 +105,12 @@ def api(
         uvicorn.run("api_shim.app:build", **options)
         return
     config = uvicorn.Config("api_shim.app:build", workers=workers, **options)
-    if not os.environ.get(_METRICS_DIR):
-        # each worker process counts in files here, so one scrape adds every process up
-        os.environ[_METRICS_DIR] = tempfile.mkdtemp(prefix="conveyor-metrics-")
     with ExitStack() as stack:
+        if not os.environ.get(_METRICS_DIR):
+            # each worker process counts in files here, so one scrape adds every process up;
+            # the directory goes when the API stops
+            counts = stack.enter_context(tempfile.TemporaryDirectory(prefix="conveyor-metrics-"))
+            os.environ[_METRICS_DIR] = counts
         try:
             sockets = stack.enter_context(reuse_port_listeners(config.host, config.port, workers))
         except OSError as error:

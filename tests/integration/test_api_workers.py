@@ -78,6 +78,16 @@ def test_two_api_workers_each_accept_on_a_socket_of_their_own(
         after = wait_for(replaced, timeout=60, what="the killed worker to be replaced")
         assert its_socket in after.values(), (its_socket, after)  # on the same socket
         assert httpx.get(f"{api.base_url}/healthz").status_code == 200
+        counts = metrics_directory(next(iter(after)))
+        assert counts.is_dir()
+    assert not counts.exists()  # the API removed its metrics directory as it stopped
+
+
+def metrics_directory(worker: int) -> Path:
+    """Where an API worker process counts its metrics (its environment says)."""
+    environment = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
+    setting = next(entry for entry in environment if entry.startswith(b"PROMETHEUS_MULTIPROC_DIR="))
+    return Path(setting.partition(b"=")[2].decode())
 
 
 def _two_listening(parent: int, port: int) -> dict[int, set[str]] | None:
