@@ -154,30 +154,35 @@ class Alternation:
     slot: float
     holding: bool = False
     leaked: int = 0
-    _counted_slot: float | None = None
+    _counted_slot: int | None = None
     _left_when_held: int | None = None
 
-    def place(self, moment: float, watch: BacklogWatch) -> str | None:
-        """Where ``moment`` fell: ``deleting`` or ``held off`` (a slot of either kind),
-        ``guard`` (a slot's first seconds), or None (outside the alternation)."""
+    def slot_of(self, moment: float, watch: BacklogWatch) -> tuple[int, float] | None:
+        """The number of the slot ``moment`` fell in and how far into it, or None outside
+        the alternation."""
         if watch.started_at is None or moment < watch.started_at:
             return None
         if watch.ended_at is not None and moment >= watch.ended_at:
             return None
         number, into = divmod(moment - watch.started_at, self.slot)
+        return int(number), into
+
+    def place(self, moment: float, watch: BacklogWatch) -> str | None:
+        """Where ``moment`` fell: ``deleting`` or ``held off`` (a slot of either kind),
+        ``guard`` (a slot's first seconds), or None (outside the alternation)."""
+        slot = self.slot_of(moment, watch)
+        if slot is None:
+            return None
+        number, into = slot
         if into < SLOT_GUARD:
             return "guard"
-        return "deleting" if int(number) % 2 == 0 else "held off"
+        return "deleting" if number % 2 == 0 else "held off"
 
     def steer(self, watch: BacklogWatch) -> None:
         """Hold or give back the turn for the slot that runs now (called every look)."""
         now = time.time()
-        place = self.place(now, watch)
-        held_off_slot = place == "held off" or (
-            place == "guard" and watch.started_at is not None
-            and (now - watch.started_at) // self.slot % 2 == 1
-        )  # fmt: skip
-        if held_off_slot:
+        slot = self.slot_of(now, watch)
+        if slot is not None and slot[0] % 2 == 1:
             # renewed every look: a worker whose batch ran into the slot overwrites it
             self.broker.set(TURN_KEY, _HOLDER, px=_HOLD_MS)
             self.holding = True
@@ -187,12 +192,11 @@ class Alternation:
             self._left_when_held = None
             self.broker.eval(_RELEASE, 1, TURN_KEY, _HOLDER)
             self.holding = False
-        slot = (now - watch.started_at) // self.slot if watch.started_at else None
-        if place in {"deleting", "held off"} and slot != self._counted_slot:
+        if slot is not None and slot[1] >= SLOT_GUARD and slot[0] != self._counted_slot:
             # one count past each slot's guard, in either kind of slot alike
-            self._counted_slot = slot
+            self._counted_slot = slot[0]
             left = watch.left()
-            if place == "held off":
+            if slot[0] % 2 == 1:
                 self._left_when_held = left
 
 
